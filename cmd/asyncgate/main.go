@@ -1,0 +1,176 @@
+// Command asyncgate is a PostgreSQL wire-protocol gateway: clients connect to it as to PostgreSQL
+// and it runs their work on pooled backend connections.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/asyncgate/asyncgate/gateway"
+	"github.com/asyncgate/asyncgate/gateway/auth"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "asyncgate:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cfg := gateway.Defaults()
+	fs := flag.NewFlagSet("asyncgate", flag.ContinueOnError)
+	var configFile, authType, logLevel string
+	fs.StringVar(&configFile, "config", "", "config file: one `key = value` per line, keys named as the flags")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address clients connect to")
+	fs.Var(databases(cfg.Databases), "database", "backend `NAME=postgres://user:pass@host:port/db?sslmode=…` (repeatable)")
+	fs.StringVar(&authType, "auth-type", "scram-sha-256", "client authentication: trust, md5 or scram-sha-256")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "userlist.txt with one `\"user\" \"secret\"` per line (PgBouncer's format)")
+	fs.StringVar(&cfg.PoolMode, "pool-mode", cfg.PoolMode, "when a backend goes back to the pool: session")
+	fs.IntVar(&cfg.PoolSize, "default-pool-size", cfg.PoolSize, "backend connections per (database, user) pool")
+	fs.IntVar(&cfg.MinPoolSize, "min-pool-size", cfg.MinPoolSize, "backend connections kept open per pool even when idle")
+	fs.IntVar(&cfg.MaxClientConn, "max-client-conn", cfg.MaxClientConn, "most clients connected at once; more get SQLSTATE 53300")
+	fs.IntVar(&cfg.MaxQueue, "max-queue", cfg.MaxQueue, "most clients waiting for a backend per pool; more get SQLSTATE 53300")
+	durationVar(fs, &cfg.QueryWaitTimeout, "query-wait-timeout", "longest wait for a backend connection (SQLSTATE 57014 after)")
+	durationVar(fs, &cfg.ClientLoginTimeout, "client-login-timeout", "time a client has to log in")
+	durationVar(fs, &cfg.ServerConnectTimeout, "server-connect-timeout", "budget for opening one backend connection, retries included")
+	durationVar(fs, &cfg.ServerLifetime, "server-lifetime", "backend connections older than this are closed when released (0: never)")
+	durationVar(fs, &cfg.ServerIdleTimeout, "server-idle-timeout", "idle backend connections beyond --min-pool-size are closed after this (0: never)")
+	durationVar(fs, &cfg.ServerCheckDelay, "server-check-delay", "a backend idle this long is health-checked before reuse (0: always)")
+	durationVar(fs, &cfg.CancelTimeout, "cancel-timeout", "budget for forwarding one cancel request to a backend")
+	fs.StringVar(&cfg.ServerResetQuery, "server-reset-query", cfg.ServerResetQuery, "run on a backend before the next client gets it")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate offered to clients")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
+	fs.StringVar(&cfg.ClientTLSMode, "client-tls-mode", cfg.ClientTLSMode, "client TLS: disable, allow (when a client asks) or require")
+	fs.IntVar(&cfg.MaxPacketSize, "max-packet-size", cfg.MaxPacketSize, "largest protocol message a client may send, in bytes")
+	fs.IntVar(&cfg.MaxOutput, "max-client-output", cfg.MaxOutput, "bytes buffered for a slow client before its backend is throttled")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if configFile != "" {
+		if err := applyConfigFile(fs, configFile); err != nil {
+			return err
+		}
+	}
+	var err error
+	if cfg.AuthType, err = auth.ParseMethod(authType); err != nil {
+		return fmt.Errorf("--auth-type: %w", err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	srv, err := gateway.New(cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen: %w", err)
+	}
+	cfg.Log.Info("asyncgate listening", "addr", ln.Addr().String(), "pool_mode", cfg.PoolMode)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	go func() {
+		for sig := range sigs {
+			if sig == syscall.SIGHUP {
+				if err := srv.ReloadUsers(); err != nil {
+					cfg.Log.Error("reload failed", "err", err)
+				} else {
+					cfg.Log.Info("reloaded --auth-file")
+				}
+				continue
+			}
+			cfg.Log.Info("shutting down", "signal", sig.String())
+			ln.Close()
+			return
+		}
+	}()
+	if err := srv.Serve(ln); err != nil {
+		return err
+	}
+	srv.Shutdown()
+	return nil
+}
+
+// applyConfigFile sets every flag the command line left alone from `key = value` lines.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	defer f.Close()
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCommandLine[f.Name] = true })
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || line[0] == '#' || line[0] == ';' || line[0] == '[' {
+			continue
+		}
+		key, value, ok := strings.Cut(line, "=")
+		if !ok {
+			return fmt.Errorf("--config %s:%d: want key = value", path, n)
+		}
+		key = strings.ReplaceAll(strings.TrimSpace(key), "_", "-")
+		value = strings.Trim(strings.TrimSpace(value), `"`)
+		if key == "database" {
+			// NAME=DSN contains '=' itself; keep the rest of the line whole.
+			value = strings.TrimSpace(line[strings.Index(line, "=")+1:])
+		}
+		if fs.Lookup(key) == nil {
+			return fmt.Errorf("--config %s:%d: unknown key %q", path, n, key)
+		}
+		if onCommandLine[key] {
+			continue
+		}
+		if err := fs.Set(key, value); err != nil {
+			return fmt.Errorf("--config %s:%d: %s: %w", path, n, key, err)
+		}
+	}
+	return sc.Err()
+}
+
+// databases is the repeatable --database NAME=DSN flag.
+type databases map[string]string
+
+func (d databases) String() string { return fmt.Sprint(map[string]string(d)) }
+
+func (d databases) Set(v string) error {
+	name, dsn, ok := strings.Cut(v, "=")
+	if !ok || name == "" || dsn == "" {
+		return errors.New("want NAME=DSN")
+	}
+	d[name] = dsn
+	return nil
+}
+
+// durationVar accepts Go durations ("2m30s") and, as PgBouncer users write them, plain seconds.
+func durationVar(fs *flag.FlagSet, p *time.Duration, name, usage string) {
+	fs.Func(name, fmt.Sprintf("%s (default %s)", usage, *p), func(v string) error {
+		if secs, err := strconv.ParseFloat(v, 64); err == nil {
+			*p = time.Duration(secs * float64(time.Second))
+			return nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		*p = d
+		return nil
+	})
+}

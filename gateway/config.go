@@ -1,0 +1,95 @@
+package gateway
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/asyncgate/asyncgate/gateway/auth"
+)
+
+// Config is everything the gateway is told by flags and the config file.
+type Config struct {
+	Listen    string
+	Databases map[string]string // alias → backend DSN (postgres://user:pass@host:port/db?sslmode=…)
+
+	AuthType auth.Method
+	AuthFile string
+
+	PoolMode      string // "session"
+	PoolSize      int    // --default-pool-size
+	MinPoolSize   int
+	MaxClientConn int
+	MaxQueue      int
+
+	QueryWaitTimeout     time.Duration
+	ClientLoginTimeout   time.Duration
+	ServerConnectTimeout time.Duration
+	ServerLifetime       time.Duration
+	ServerIdleTimeout    time.Duration
+	ServerCheckDelay     time.Duration
+	ServerResetQuery     string
+	CancelTimeout        time.Duration
+
+	TLSCert, TLSKey string
+	ClientTLSMode   string // disable | allow | require
+
+	MaxPacketSize int // bound on any client message
+	MaxOutput     int // bytes buffered for a slow client before the backend is throttled
+
+	Log *slog.Logger
+}
+
+// Defaults returns the settings PgBouncer users expect where PgBouncer has the same knob.
+func Defaults() Config {
+	return Config{
+		Listen:               "127.0.0.1:6432",
+		Databases:            map[string]string{},
+		AuthType:             auth.SCRAMSHA256,
+		PoolMode:             "session",
+		PoolSize:             20,
+		MaxClientConn:        100,
+		MaxQueue:             10000,
+		QueryWaitTimeout:     120 * time.Second,
+		ClientLoginTimeout:   60 * time.Second,
+		ServerConnectTimeout: 15 * time.Second,
+		ServerLifetime:       3600 * time.Second,
+		ServerIdleTimeout:    600 * time.Second,
+		ServerCheckDelay:     30 * time.Second,
+		ServerResetQuery:     "DISCARD ALL",
+		CancelTimeout:        10 * time.Second,
+		ClientTLSMode:        "allow",
+		MaxPacketSize:        1<<31 - 1,
+		MaxOutput:            1 << 20,
+	}
+}
+
+func (c *Config) validate() error {
+	if c.PoolMode != "session" {
+		return fmt.Errorf("--pool-mode %q: only session is supported so far", c.PoolMode)
+	}
+	if c.PoolSize < 1 {
+		return fmt.Errorf("--default-pool-size must be at least 1, not %d", c.PoolSize)
+	}
+	if c.MinPoolSize > c.PoolSize {
+		return fmt.Errorf("--min-pool-size %d exceeds --default-pool-size %d", c.MinPoolSize, c.PoolSize)
+	}
+	switch c.ClientTLSMode {
+	case "disable", "allow", "require":
+	default:
+		return fmt.Errorf("--client-tls-mode %q: want disable, allow or require", c.ClientTLSMode)
+	}
+	if c.ClientTLSMode == "require" && c.TLSCert == "" {
+		return fmt.Errorf("--client-tls-mode require needs --tls-cert and --tls-key")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return fmt.Errorf("--tls-cert and --tls-key go together")
+	}
+	if c.AuthType != auth.Trust && c.AuthFile == "" {
+		return fmt.Errorf("--auth-type %s needs --auth-file", c.AuthType)
+	}
+	if len(c.Databases) == 0 {
+		return fmt.Errorf("no --database given")
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+package gateway_test
+
+import (
+	"context"
+	"crypto/md5"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/asyncgate/asyncgate/gateway"
+	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/internal/pgtest"
+)
+
+// backend is the PostgreSQL every test in the package talks to through a gateway.
+var backend *pgtest.Cluster
+
+func TestMain(m *testing.M) {
+	os.Exit(pgtest.Main(m, pgtest.Options{MaxConnections: 300}, 0, &backend))
+}
+
+const (
+	appUser, appPassword   = "app", "app-secret"
+	scramUser, scramPass   = "scrammy", "scram-secret"
+	md5User, md5Password   = "md5er", "md5-secret"
+	testDatabase           = "appdb"
+	waitLimit              = 10 * time.Second // bound on any poll in these tests
+	defaultTestPoolSize    = 10
+	defaultTestClientLimit = 1000
+)
+
+// gw is one gateway under test, listening on a free port.
+type gw struct {
+	srv  *gateway.Server
+	addr string
+	cfg  gateway.Config
+}
+
+// startGateway runs a gateway in front of the shared backend; mutate adjusts its settings.
+func startGateway(t testing.TB, mutate func(*gateway.Config)) *gw {
+	t.Helper()
+	cfg := gateway.Defaults()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.Databases = map[string]string{testDatabase: backend.DSN("postgres", "postgres")}
+	cfg.AuthFile = writeUserlist(t)
+	cfg.PoolSize = defaultTestPoolSize
+	cfg.MaxClientConn = defaultTestClientLimit
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	srv, err := gateway.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ln.Close()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		srv.Shutdown()
+	})
+	return &gw{srv: srv, addr: ln.Addr().String(), cfg: cfg}
+}
+
+func writeUserlist(t testing.TB) string {
+	t.Helper()
+	scram, err := auth.SCRAMSecret(scramPass)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md5 := fmt.Sprintf("md5%x", md5sum(md5Password+md5User))
+	body := fmt.Sprintf("%q %q\n%q %q\n%q %q\n", appUser, appPassword, scramUser, scram, md5User, md5)
+	path := filepath.Join(t.TempDir(), "userlist.txt")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func (g *gw) dsn(user, password, database string) string {
+	return fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", user, password, g.addr, database)
+}
+
+// connect opens a pgx connection through the gateway as the app user.
+func (g *gw) connect(t testing.TB) *pgx.Conn {
+	t.Helper()
+	conn, err := g.connectAs(appUser, appPassword, testDatabase)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func (g *gw) connectAs(user, password, database string) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	return pgx.Connect(ctx, g.dsn(user, password, database))
+}
+
+// pgCode returns the SQLSTATE of err, or "" if it carries none.
+func pgCode(err error) string {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ""
+}
+
+// direct opens a connection straight to the backend, for looking behind the gateway.
+func direct(t testing.TB) *pgx.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, backend.DSN("postgres", "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("still not true after %s: %s", waitLimit, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*waitLimit)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func md5sum(s string) [16]byte { return md5.Sum([]byte(s)) }

@@ -1,0 +1,213 @@
+// Package gateway runs client sessions: the protocol state machine, authentication, the link
+// between a client and a pooled backend connection, and cancel keys.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/loop"
+	"github.com/asyncgate/asyncgate/pool"
+)
+
+// Server accepts clients and owns the pools and the cancel-key registry.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	tls    *tls.Config
+	driver loop.Driver
+	dbs    map[string]*database
+	users  atomic.Pointer[auth.Userlist]
+
+	clients atomic.Int64 // sessions past their StartupMessage, against --max-client-conn
+
+	mu    sync.Mutex
+	pools map[poolKey]*pool.Pool
+
+	cancelMu sync.Mutex
+	cancels  map[cancelKey]*session
+}
+
+type poolKey struct{ database, user string }
+
+// database is one --database alias.
+type database struct {
+	name string
+	conn *pgconn.Config
+	// ownUser: the DSN names the backend user, so every client logs in as it; otherwise the
+	// backend login is the client's own user and its plaintext secret from the auth file.
+	ownUser bool
+}
+
+// New checks cfg, loads the auth file and TLS keys, and parses the database DSNs.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cfg.Log,
+		dbs:     make(map[string]*database),
+		pools:   make(map[poolKey]*pool.Pool),
+		cancels: make(map[cancelKey]*session),
+		driver:  loop.NewGoroutines(loop.Config{MaxOutput: cfg.MaxOutput}),
+	}
+	if err := s.ReloadUsers(); err != nil {
+		return nil, err
+	}
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	for name, dsn := range cfg.Databases {
+		db, err := parseDatabase(name, dsn)
+		if err != nil {
+			return nil, err
+		}
+		s.dbs[name] = db
+	}
+	return s, nil
+}
+
+func parseDatabase(name, dsn string) (*database, error) {
+	conn, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("--database %s: %w", name, err)
+	}
+	db := &database{name: name, conn: conn}
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		db.ownUser = u.User != nil && u.User.Username() != ""
+	} else {
+		db.ownUser = strings.Contains(dsn, "user=")
+	}
+	return db, nil
+}
+
+// ReloadUsers rereads --auth-file; sessions already logged in are not affected.
+func (s *Server) ReloadUsers() error {
+	if s.cfg.AuthFile == "" {
+		s.users.Store(&auth.Userlist{})
+		return nil
+	}
+	ul, err := auth.LoadUserlist(s.cfg.AuthFile)
+	if err != nil {
+		return fmt.Errorf("--auth-file: %w", err)
+	}
+	s.users.Store(ul)
+	return nil
+}
+
+// Serve accepts clients from ln until ln is closed.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.driver.Serve(ln, func(c loop.Conn) loop.Handler { return newSession(s, c) })
+}
+
+// Shutdown closes every client (their backends are cancelled or reset) and then the pools.
+func (s *Server) Shutdown() {
+	s.driver.Shutdown()
+	s.mu.Lock()
+	pools := s.pools
+	s.pools = make(map[poolKey]*pool.Pool)
+	s.mu.Unlock()
+	for _, p := range pools {
+		p.Close()
+	}
+}
+
+// Pools returns the pools opened so far.
+func (s *Server) Pools() []*pool.Pool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*pool.Pool, 0, len(s.pools))
+	for _, p := range s.pools {
+		out = append(out, p)
+	}
+	return out
+}
+
+// pool returns the pool for a database alias and client user, opening it on first use.
+func (s *Server) pool(db *database, user string) (*pool.Pool, error) {
+	key := poolKey{db.name, user}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.pools[key]; ok {
+		return p, nil
+	}
+	conn := db.conn.Copy()
+	if !db.ownUser {
+		conn.User = user
+		if pw, ok := s.users.Load().Password(user); ok {
+			conn.Password = pw
+		}
+	}
+	p := pool.New(pool.Config{
+		Name:           db.name + "/" + user,
+		Connect:        conn,
+		Size:           s.cfg.PoolSize,
+		MinSize:        s.cfg.MinPoolSize,
+		MaxQueue:       s.cfg.MaxQueue,
+		WaitTimeout:    s.cfg.QueryWaitTimeout,
+		ConnectTimeout: s.cfg.ServerConnectTimeout,
+		Lifetime:       s.cfg.ServerLifetime,
+		IdleTimeout:    s.cfg.ServerIdleTimeout,
+		CheckDelay:     s.cfg.ServerCheckDelay,
+		ResetQuery:     s.cfg.ServerResetQuery,
+		Log:            s.log,
+	})
+	s.pools[key] = p
+	return p, nil
+}
+
+// admitClient counts a client against --max-client-conn.
+func (s *Server) admitClient() bool {
+	if s.clients.Add(1) > int64(s.cfg.MaxClientConn) {
+		s.clients.Add(-1)
+		return false
+	}
+	return true
+}
+
+// cancel forwards a client's CancelRequest to the backend running that client's query, if any.
+func (s *Server) cancel(pid uint32, key []byte) {
+	k, ok := makeCancelKey(pid, key)
+	if !ok {
+		return
+	}
+	s.cancelMu.Lock()
+	target := s.cancels[k]
+	s.cancelMu.Unlock()
+	if target == nil {
+		s.log.Debug("cancel request for unknown key")
+		return
+	}
+	var be interface{ Cancel(context.Context) error }
+	target.io.Exec(func() {
+		if target.be != nil && target.active {
+			be = target.be
+		}
+	})
+	if be == nil {
+		return // idle client: nothing to cancel, and the key must not hit whatever runs next
+	}
+	ctx, done := context.WithTimeout(context.Background(), s.cfg.CancelTimeout)
+	defer done()
+	if err := be.Cancel(ctx); err != nil {
+		s.log.Warn("cancel failed", "err", err)
+	}
+}

@@ -1,0 +1,312 @@
+package loop
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/asyncgate/asyncgate/wire"
+)
+
+// readSize is the buffer leased for one read. Larger frames arrive over several reads and are
+// streamed by the framer, so this bounds memory per active connection, not message size.
+const readSize = 16 << 10
+
+// Goroutines is the portable driver: one goroutine per connection, parked on socket readiness
+// without holding a buffer, leasing one only while bytes are in flight.
+type Goroutines struct {
+	cfg Config
+
+	mu     sync.Mutex
+	conns  map[*gconn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewGoroutines returns the goroutine-per-connection driver.
+func NewGoroutines(cfg Config) *Goroutines {
+	return &Goroutines{cfg: cfg.withDefaults(), conns: make(map[*gconn]struct{})}
+}
+
+// Serve implements Driver.
+func (d *Goroutines) Serve(ln net.Listener, accept func(Conn) Handler) error {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors: back off instead of spinning; clients wait in the backlog.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := &gconn{drv: d, nc: nc, rd: nc, w: nc}
+		c.out.Max = d.cfg.MaxOutput
+		if !d.track(c) {
+			nc.Close()
+			return nil
+		}
+		c.h = accept(c)
+		go c.run()
+	}
+}
+
+func (d *Goroutines) track(c *gconn) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return false
+	}
+	d.conns[c] = struct{}{}
+	d.wg.Add(1)
+	return true
+}
+
+func (d *Goroutines) untrack(c *gconn) {
+	d.mu.Lock()
+	delete(d.conns, c)
+	d.mu.Unlock()
+	d.wg.Done()
+}
+
+// Shutdown implements Driver.
+func (d *Goroutines) Shutdown() {
+	d.mu.Lock()
+	d.closed = true
+	for c := range d.conns {
+		c.nc.Close()
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+}
+
+type gconn struct {
+	drv *Goroutines
+	nc  net.Conn
+	rd  io.Reader // nc, or the *tls.Conn once upgraded; used by the reader goroutine only
+	h   Handler
+
+	// mu serialises the handler: callbacks, Exec functions, timers.
+	mu     sync.Mutex
+	closed bool // OnClose has run (guarded by mu)
+
+	out wire.Outbox
+
+	// omu guards what both the reader and producers look at.
+	omu     sync.Mutex
+	w       io.Writer // nc, or the *tls.Conn once upgraded
+	closing bool
+	tlsConn *tls.Conn
+
+	tlsCfg *tls.Config // a handshake the handler asked for (guarded by mu)
+	probe  [1]byte
+}
+
+func (c *gconn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+func (c *gconn) TLS() bool {
+	c.omu.Lock()
+	defer c.omu.Unlock()
+	return c.tlsConn != nil
+}
+
+func (c *gconn) Write(b []byte) { c.out.Write(b) }
+
+func (c *gconn) StartTLS(cfg *tls.Config) { c.tlsCfg = cfg }
+
+func (c *gconn) Close() {
+	c.omu.Lock()
+	c.closing = true
+	c.omu.Unlock()
+}
+
+func (c *gconn) Exec(f func()) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	f()
+	c.mu.Unlock()
+	c.flush()
+	c.h.Flush()
+	c.omu.Lock()
+	closing := c.closing
+	c.omu.Unlock()
+	if closing {
+		c.nc.Close() // the output is out; wake the parked reader so it ends the connection
+	}
+	return true
+}
+
+func (c *gconn) AfterFunc(d time.Duration, f func()) func() bool {
+	t := time.AfterFunc(d, func() { c.Exec(f) })
+	return t.Stop
+}
+
+// run is the connection's goroutine: park, read, dispatch, flush, until the connection ends.
+func (c *gconn) run() {
+	defer c.drv.untrack(c)
+	err := c.serve()
+	c.nc.Close()
+	c.mu.Lock()
+	c.closed = true
+	c.h.OnClose(err)
+	c.mu.Unlock()
+	c.out.Fail(net.ErrClosed)
+}
+
+func (c *gconn) serve() error {
+	for {
+		if err := c.park(); err != nil {
+			return err
+		}
+		if _, err := c.readOnce(); err != nil {
+			return err
+		}
+		if err := c.afterEvent(); err != nil {
+			return err
+		}
+	}
+}
+
+// readOnce reads what is there into a leased buffer and hands it to the handler.
+func (c *gconn) readOnce() (int, error) {
+	bp := wire.GetBuffer(readSize)
+	defer wire.PutBuffer(bp)
+	n, err := c.rd.Read(*bp)
+	if n > 0 {
+		c.mu.Lock()
+		c.h.OnData((*bp)[:n])
+		c.mu.Unlock()
+	}
+	if err != nil && !isTimeout(err) {
+		return n, err
+	}
+	return n, nil
+}
+
+// afterEvent sends queued output and carries out what the handler asked for.
+func (c *gconn) afterEvent() error {
+	if err := c.flush(); err != nil {
+		return err
+	}
+	c.h.Flush()
+	c.omu.Lock()
+	closing := c.closing
+	c.omu.Unlock()
+	if closing {
+		return io.EOF
+	}
+	if cfg := c.takeTLS(); cfg != nil {
+		return c.handshake(cfg)
+	}
+	return nil
+}
+
+func (c *gconn) takeTLS() *tls.Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg := c.tlsCfg
+	c.tlsCfg = nil
+	return cfg
+}
+
+func (c *gconn) handshake(cfg *tls.Config) error {
+	tc := tls.Server(c.nc, cfg)
+	c.nc.SetDeadline(time.Now().Add(c.drv.cfg.HandshakeTimeout))
+	if err := tc.Handshake(); err != nil {
+		return err
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.rd = tc
+	c.omu.Lock()
+	c.tlsConn = tc
+	c.w = tc
+	c.omu.Unlock()
+	return nil
+}
+
+// park waits until the socket is readable without holding a buffer. For TLS, bytes already
+// decrypted inside tls.Conn are invisible to the socket, so they are drained first; parking with
+// them pending would hang the client.
+func (c *gconn) park() error {
+	if c.rd != c.nc {
+		if err := c.drainTLS(); err != nil {
+			return err
+		}
+	}
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return nil // not a socket (tests with net.Pipe): the read itself blocks
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
+		// Probe instead of assuming: returning false without checking loses wake-ups.
+		_, _, e := unix.Recvfrom(int(fd), c.probe[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch e {
+		case unix.EAGAIN:
+			return false
+		case nil, unix.EINTR:
+			return true
+		default:
+			perr = e
+			return true
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return perr
+}
+
+func (c *gconn) drainTLS() error {
+	for {
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+		n, err := c.readOnce()
+		c.nc.SetReadDeadline(time.Time{})
+		if err != nil {
+			return err
+		}
+		if err := c.afterEvent(); err != nil {
+			return err
+		}
+		if n == 0 { // the read found nothing decrypted and nothing on the socket
+			return nil
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// flush sends the queued output; see wire.Outbox for how it throttles producers.
+func (c *gconn) flush() error {
+	c.omu.Lock()
+	w := c.w
+	c.omu.Unlock()
+	err := c.out.Flush(w)
+	if err != nil {
+		c.nc.Close() // wakes the reader so the session learns the client is gone
+	}
+	return err
+}

@@ -1,0 +1,449 @@
+// Package pool owns backend connections: it opens and authenticates them with pgconn, takes them
+// over as raw protocol streams, lends them to sessions, resets and health-checks them between
+// lenders, and retires them by age and idleness.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/asyncgate/asyncgate/wire"
+)
+
+// Config is one pool's settings. A pool serves one (database, user) pair.
+type Config struct {
+	Name    string         // "database/user", for messages and logs
+	Connect *pgconn.Config // how to reach and log into the backend
+
+	Size     int // most connections, including ones being opened
+	MinSize  int // connections kept open even when idle
+	MaxQueue int // most requests waiting for a connection
+
+	WaitTimeout    time.Duration // longest wait for a connection (0: forever)
+	ConnectTimeout time.Duration // budget for opening one connection, retries included
+	Lifetime       time.Duration // connections older than this are closed when released (0: no limit)
+	IdleTimeout    time.Duration // idle connections beyond MinSize are closed after this (0: never)
+	CheckDelay     time.Duration // a connection idle this long is checked before it is lent again
+	ResetQuery     string        // run on release, before the next lender ("" to skip)
+
+	Log *slog.Logger
+}
+
+// Pool lends backend connections first come, first served.
+type Pool struct {
+	cfg    Config
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+
+	mu         sync.Mutex
+	all        map[*Conn]struct{}
+	idle       []*Conn // most recently used last
+	connecting int
+	waiters    []*waiter
+	closed     bool
+
+	wg sync.WaitGroup
+}
+
+type waiter struct {
+	deliver func(*Conn, error)
+	stop    func() bool // the wait timer
+	done    bool        // delivered, timed out or withdrawn (guarded by Pool.mu)
+}
+
+// New starts a pool; it opens MinSize connections in the background.
+func New(cfg Config) *Pool {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Pool{cfg: cfg, ctx: ctx, cancel: cancel, log: cfg.Log.With("pool", cfg.Name), all: make(map[*Conn]struct{})}
+	p.wg.Add(1)
+	go p.janitor()
+	return p
+}
+
+// Name returns "database/user".
+func (p *Pool) Name() string { return p.cfg.Name }
+
+// Stats is a snapshot of the pool's counters.
+type Stats struct {
+	Open, Idle, Connecting, Waiting int
+}
+
+// Stats reports the pool's current sizes.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return Stats{Open: len(p.all), Idle: len(p.idle), Connecting: p.connecting, Waiting: len(p.waiters)}
+}
+
+// Acquire lends a connection. When one is idle and nobody waits it is returned at once. When the
+// request cannot be queued the error says why, with its SQLSTATE (*wire.Error). Otherwise the
+// request waits: deliver is called exactly once, always on another goroutine (so callers may hold
+// their own locks), with a connection or an error (*wire.Error, or a *pgconn.PgError from the
+// backend), and withdraw cancels the wait, reporting false if deliver has been or is being called.
+func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() bool, err error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, nil, &wire.Error{Code: "08006", Message: fmt.Sprintf("pool %s is closed", p.cfg.Name)}
+	}
+	if len(p.waiters) == 0 && len(p.idle) > 0 {
+		c := p.idle[len(p.idle)-1]
+		if p.cfg.CheckDelay <= 0 || time.Since(c.lastUsed) <= p.cfg.CheckDelay {
+			p.idle = p.idle[:len(p.idle)-1]
+			p.mu.Unlock()
+			return c, nil, nil
+		}
+	}
+	if p.cfg.MaxQueue > 0 && len(p.waiters) >= p.cfg.MaxQueue {
+		p.mu.Unlock()
+		return nil, nil, &wire.Error{Code: "53300", Message: fmt.Sprintf(
+			"pool %s: %d clients already wait for a server connection (--max-queue)", p.cfg.Name, p.cfg.MaxQueue)}
+	}
+	w := &waiter{deliver: deliver}
+	p.waiters = append(p.waiters, w)
+	if p.cfg.WaitTimeout > 0 {
+		t := time.AfterFunc(p.cfg.WaitTimeout, func() { p.timeout(w) })
+		w.stop = t.Stop
+	}
+	run := p.dispatch()
+	p.mu.Unlock()
+	run()
+	return nil, func() bool { return p.withdraw(w) }, nil
+}
+
+func (p *Pool) timeout(w *waiter) {
+	if !p.withdraw(w) {
+		return
+	}
+	w.deliver(nil, &wire.Error{Code: "57014", Message: fmt.Sprintf(
+		"query_wait_timeout: no server connection in pool %s became free within %s (--query-wait-timeout)",
+		p.cfg.Name, p.cfg.WaitTimeout)})
+}
+
+func (p *Pool) withdraw(w *waiter) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if w.done {
+		return false
+	}
+	w.done = true
+	for i, x := range p.waiters {
+		if x == w {
+			p.waiters = append(p.waiters[:i], p.waiters[i+1:]...)
+			break
+		}
+	}
+	return true
+}
+
+// dispatch matches waiters with idle connections and starts connections for the rest, within
+// Size. It runs under p.mu and returns what must happen after the lock is released.
+func (p *Pool) dispatch() (run func()) {
+	var lend []func()
+	for len(p.waiters) > 0 && len(p.idle) > 0 {
+		c := p.idle[len(p.idle)-1]
+		p.idle = p.idle[:len(p.idle)-1]
+		if p.cfg.CheckDelay > 0 && time.Since(c.lastUsed) > p.cfg.CheckDelay {
+			// Checked off the waiters' path; it comes back through put when healthy.
+			lend = append(lend, func() { p.check(c) })
+			continue
+		}
+		w := p.popWaiter()
+		lend = append(lend, func() { go w.deliver(c, nil) })
+	}
+	for want := len(p.waiters) - p.connecting; want > 0 && len(p.all)+p.connecting < p.cfg.Size; want-- {
+		p.connecting++
+		p.wg.Add(1)
+		go p.open()
+	}
+	return func() {
+		for _, f := range lend {
+			f()
+		}
+	}
+}
+
+func (p *Pool) popWaiter() *waiter {
+	w := p.waiters[0]
+	p.waiters = p.waiters[1:]
+	w.done = true
+	if w.stop != nil {
+		w.stop()
+	}
+	return w
+}
+
+// open adds one connection, then lends it or keeps it idle.
+func (p *Pool) open() {
+	defer p.wg.Done()
+	c, err := p.connect()
+	p.mu.Lock()
+	p.connecting--
+	if err != nil {
+		// With nothing open there is no connection to wait for: tell everyone now rather than at
+		// their wait timeout. Otherwise only the first waiter learns, and the rest keep waiting
+		// for a connection to come back.
+		var failed []*waiter
+		if len(p.waiters) > 0 {
+			failed = append(failed, p.popWaiter())
+		}
+		if len(p.all) == 0 && p.connecting == 0 {
+			for len(p.waiters) > 0 {
+				failed = append(failed, p.popWaiter())
+			}
+		}
+		p.mu.Unlock()
+		p.log.Warn("backend connect failed", "err", err)
+		for _, w := range failed {
+			go w.deliver(nil, err)
+		}
+		return
+	}
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.all[c] = struct{}{}
+	p.mu.Unlock()
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		c.read()
+	}()
+	p.put(c)
+}
+
+// put makes c available: to the first waiter, or idle.
+func (p *Pool) put(c *Conn) {
+	c.SetSink(idleSink{})
+	p.mu.Lock()
+	c.lastUsed = time.Now()
+	if p.closed || c.Err() != nil {
+		p.mu.Unlock()
+		c.Close()
+		return
+	}
+	p.idle = append(p.idle, c)
+	run := p.dispatch()
+	p.mu.Unlock()
+	run()
+}
+
+// Release returns a connection its lender left at ReadyForQuery with status idle. It is reset
+// with ResetQuery before anyone else gets it; if it is too old or the reset fails it is closed.
+func (p *Pool) Release(c *Conn) {
+	if p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime {
+		c.Close()
+		return
+	}
+	if p.cfg.ResetQuery == "" {
+		p.put(c)
+		return
+	}
+	p.run(c, p.cfg.ResetQuery, func(err error) {
+		if err != nil {
+			p.log.Info("closing backend after failed reset", "backend", c.Addr(), "err", err)
+			c.Close()
+			return
+		}
+		p.put(c)
+	})
+}
+
+// check runs an empty query on a long-idle connection before lending it again.
+func (p *Pool) check(c *Conn) {
+	p.run(c, "", func(err error) {
+		if err != nil {
+			p.log.Info("closing backend that failed its health check", "backend", c.Addr(), "err", err)
+			c.Close()
+			return
+		}
+		p.put(c)
+	})
+}
+
+// Discard closes a connection whose state is unknown (mid-query, inside a transaction, broken).
+func (p *Pool) Discard(c *Conn) { c.Close() }
+
+// forget drops a closed connection; a waiter may now get a new one.
+func (p *Pool) forget(c *Conn) {
+	p.mu.Lock()
+	delete(p.all, c)
+	for i, x := range p.idle {
+		if x == c {
+			p.idle = append(p.idle[:i], p.idle[i+1:]...)
+			break
+		}
+	}
+	run := p.dispatch()
+	p.mu.Unlock()
+	run()
+}
+
+// Close fails the waiters, closes every connection and waits for the pool's goroutines.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.closed = true
+	var failed []*waiter
+	for len(p.waiters) > 0 {
+		failed = append(failed, p.popWaiter())
+	}
+	for c := range p.all {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.cancel()
+	for _, w := range failed {
+		go w.deliver(nil, &wire.Error{Code: "57P01", Message: fmt.Sprintf("pool %s is shutting down", p.cfg.Name)})
+	}
+	p.wg.Wait()
+}
+
+// janitor retires idle connections by age and idleness and keeps MinSize open.
+func (p *Pool) janitor() {
+	defer p.wg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		p.mu.Lock()
+		keep := p.idle[:0]
+		var retire []*Conn
+		for _, c := range p.idle {
+			old := p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime
+			unused := p.cfg.IdleTimeout > 0 && time.Since(c.lastUsed) > p.cfg.IdleTimeout &&
+				len(p.all)-len(retire) > p.cfg.MinSize
+			if old || unused {
+				retire = append(retire, c)
+				continue
+			}
+			keep = append(keep, c)
+		}
+		p.idle = keep
+		for n := len(p.all) - len(retire) + p.connecting; n < p.cfg.MinSize && n < p.cfg.Size; n++ {
+			p.connecting++
+			p.wg.Add(1)
+			go p.open()
+		}
+		p.mu.Unlock()
+		for _, c := range retire {
+			c.Close()
+		}
+	}
+}
+
+// connect opens and authenticates one connection, retrying what is worth retrying with
+// exponential backoff and jitter until ConnectTimeout.
+func (p *Pool) connect() (*Conn, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.ConnectTimeout)
+	defer cancel()
+	backoff := 25 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		c, err := p.dial(ctx)
+		if err == nil {
+			return c, nil
+		}
+		if !retryable(err) || ctx.Err() != nil {
+			return nil, p.connectError(err, attempt)
+		}
+		sleep := backoff/2 + rand.N(backoff)
+		backoff = min(2*backoff, 2*time.Second)
+		t := time.NewTimer(sleep)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, p.connectError(err, attempt)
+		}
+	}
+}
+
+func (p *Pool) dial(ctx context.Context) (*Conn, error) {
+	pc, err := pgconn.ConnectConfig(ctx, p.cfg.Connect.Copy())
+	if err != nil {
+		return nil, err
+	}
+	hc, err := pc.Hijack()
+	if err != nil {
+		pc.Close(ctx)
+		return nil, err
+	}
+	c := &Conn{
+		pool:      p,
+		nc:        hc.Conn,
+		PID:       hc.PID,
+		SecretKey: hc.SecretKey,
+		Params:    hc.ParameterStatuses,
+		Frames:    NewBackendDecoder(),
+		created:   time.Now(),
+		sink:      idleSink{},
+	}
+	return c, nil
+}
+
+// NewBackendDecoder returns a framer for a backend stream that keeps whole the messages the
+// gateway reads: ReadyForQuery, ParameterStatus, ErrorResponse, BackendKeyData.
+func NewBackendDecoder() *wire.Decoder {
+	cfg := wire.DecoderConfig{MaxMessage: 1 << 30, MaxInspect: 1 << 20}
+	for _, t := range []byte{'Z', 'S', 'E', 'K'} {
+		cfg.Inspect[t] = true
+	}
+	return wire.NewDecoder(cfg)
+}
+
+// retryable reports whether another connect attempt may succeed: network trouble, or a server
+// that is starting, shutting down or full. A server that rejects the login will do so again.
+func retryable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "57P03", "53300", "57P01":
+			return true
+		}
+		return false
+	}
+	return true
+}
+
+func (p *Pool) connectError(err error, attempts int) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !retryable(err) {
+		return &wire.Error{Code: pgErr.Code, Message: fmt.Sprintf("backend %s for pool %s: %s",
+			p.target(), p.cfg.Name, pgErr.Message)}
+	}
+	code := "08001"
+	var ne net.Error
+	if errors.As(err, &ne) && !ne.Timeout() {
+		code = "08006"
+	}
+	return &wire.Error{Code: code, Message: fmt.Sprintf(
+		"could not connect to backend %s for pool %s after %d attempts within %s (--server-connect-timeout): %v",
+		p.target(), p.cfg.Name, attempts, p.cfg.ConnectTimeout, err)}
+}
+
+func (p *Pool) target() string {
+	return net.JoinHostPort(p.cfg.Connect.Host, fmt.Sprint(p.cfg.Connect.Port))
+}
+
+// idleSink ignores what an idle connection receives; if the server ends it, the reader notices.
+type idleSink struct{}
+
+func (idleSink) BackendData(*Conn, []byte)  {}
+func (idleSink) BackendClosed(*Conn, error) {}
