@@ -162,6 +162,9 @@ func (c *gconn) AfterFunc(d time.Duration, f func()) func() bool {
 func (c *gconn) run() {
 	defer c.drv.untrack(c)
 	err := c.serve()
+	if err == errClosing {
+		c.linger()
+	}
 	c.nc.Close()
 	c.mu.Lock()
 	c.closed = true
@@ -210,7 +213,7 @@ func (c *gconn) afterEvent() error {
 	closing := c.closing
 	c.omu.Unlock()
 	if closing {
-		return io.EOF
+		return errClosing
 	}
 	if cfg := c.takeTLS(); cfg != nil {
 		return c.handshake(cfg)
@@ -291,6 +294,29 @@ func (c *gconn) drainTLS() error {
 		}
 		if n == 0 { // the read found nothing decrypted and nothing on the socket
 			return nil
+		}
+	}
+}
+
+// errClosing ends a connection the handler closed.
+var errClosing = errors.New("closed by the gateway")
+
+// lingerTime bounds how long a connection the gateway closed keeps draining the client's input.
+const lingerTime = time.Second
+
+// linger half-closes and drains what the client still sends, briefly: closing a socket with
+// unread input makes the kernel send RST, and the client would lose the error we just wrote.
+func (c *gconn) linger() {
+	tc, ok := c.nc.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	tc.CloseWrite()
+	tc.SetReadDeadline(time.Now().Add(lingerTime))
+	var sink [512]byte
+	for {
+		if _, err := tc.Read(sink[:]); err != nil {
+			return
 		}
 	}
 }

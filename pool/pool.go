@@ -31,7 +31,7 @@ type Config struct {
 	ConnectTimeout time.Duration // budget for opening one connection, retries included
 	Lifetime       time.Duration // connections older than this are closed when released (0: no limit)
 	IdleTimeout    time.Duration // idle connections beyond MinSize are closed after this (0: never)
-	CheckDelay     time.Duration // a connection idle this long is checked before it is lent again
+	CheckDelay     time.Duration // a connection idle this long is checked before it is lent again (0: always)
 	ResetQuery     string        // run on release, before the next lender ("" to skip)
 
 	Log *slog.Logger
@@ -100,7 +100,7 @@ func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() boo
 	}
 	if len(p.waiters) == 0 && len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
-		if p.cfg.CheckDelay <= 0 || time.Since(c.lastUsed) <= p.cfg.CheckDelay {
+		if time.Since(c.lastUsed) < p.cfg.CheckDelay {
 			p.idle = p.idle[:len(p.idle)-1]
 			p.mu.Unlock()
 			return c, nil, nil
@@ -155,7 +155,7 @@ func (p *Pool) dispatch() (run func()) {
 	for len(p.waiters) > 0 && len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
 		p.idle = p.idle[:len(p.idle)-1]
-		if p.cfg.CheckDelay > 0 && time.Since(c.lastUsed) > p.cfg.CheckDelay {
+		if time.Since(c.lastUsed) >= p.cfg.CheckDelay {
 			// Checked off the waiters' path; it comes back through put when healthy.
 			lend = append(lend, func() { p.check(c) })
 			continue

@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	if err := run(os.Args[1:]); err != nil {
+	if err := run(os.Args[1:]); err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "asyncgate:", err)
 		os.Exit(1)
 	}
@@ -31,11 +31,11 @@ func run(args []string) error {
 	cfg := gateway.Defaults()
 	fs := flag.NewFlagSet("asyncgate", flag.ContinueOnError)
 	var configFile, authType, logLevel string
-	fs.StringVar(&configFile, "config", "", "config file: one `key = value` per line, keys named as the flags")
+	fs.StringVar(&configFile, "config", "", "config `FILE`: one key = value per line, keys named as the flags")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address clients connect to")
 	fs.Var(databases(cfg.Databases), "database", "backend `NAME=postgres://user:pass@host:port/db?sslmode=…` (repeatable)")
 	fs.StringVar(&authType, "auth-type", "scram-sha-256", "client authentication: trust, md5 or scram-sha-256")
-	fs.StringVar(&cfg.AuthFile, "auth-file", "", "userlist.txt with one `\"user\" \"secret\"` per line (PgBouncer's format)")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "`FILE` with one \"user\" \"secret\" per line (PgBouncer's userlist.txt)")
 	fs.StringVar(&cfg.PoolMode, "pool-mode", cfg.PoolMode, "when a backend goes back to the pool: session")
 	fs.IntVar(&cfg.PoolSize, "default-pool-size", cfg.PoolSize, "backend connections per (database, user) pool")
 	fs.IntVar(&cfg.MinPoolSize, "min-pool-size", cfg.MinPoolSize, "backend connections kept open per pool even when idle")

@@ -1,0 +1,32 @@
+GO        ?= go
+FUZZTIME  ?= 5s
+# Backend for `make run` instead of throwaway clusters, e.g. BACKEND=postgres://me:pw@db:5432/app
+BACKEND   ?=
+
+.PHONY: build run test vet unit fuzz clean
+
+build:
+	$(GO) build -o bin/asyncgate ./cmd/asyncgate
+	$(GO) build -o bin/asyncgate-dev ./internal/cmd/asyncgate-dev
+
+run: build
+	./bin/asyncgate-dev $(if $(BACKEND),-backend '$(BACKEND)') $(ARGS)
+
+test: vet unit fuzz
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# A short run of every fuzz target; `make fuzz FUZZTIME=10m` for a real session.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecoder$$' -fuzztime $(FUZZTIME) ./wire
+	$(GO) test -run '^$$' -fuzz '^FuzzParseStartup$$' -fuzztime $(FUZZTIME) ./wire
+	$(GO) test -run '^$$' -fuzz '^FuzzExchangeNext$$' -fuzztime $(FUZZTIME) ./gateway/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzSCRAMClientFirst$$' -fuzztime $(FUZZTIME) ./gateway/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzParseUserlist$$' -fuzztime $(FUZZTIME) ./gateway/auth
+
+clean:
+	rm -rf bin
