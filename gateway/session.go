@@ -111,6 +111,10 @@ func (s *session) clientFrame(f *wire.Frame) error {
 	switch s.state {
 	case stStartup:
 		s.startupPacket(f.Body)
+		if s.tlsPending && (f.Trailing > 0 || s.in.Pending()) {
+			// Bytes sent before the handshake would be read as if they were encrypted.
+			s.fatal("08P01", "received unencrypted data after SSL request")
+		}
 	case stAuth:
 		s.authMessage(f)
 	case stWaiting, stSetup, stLinked:

@@ -226,7 +226,8 @@ func (p *Pool) open() {
 	p.put(c)
 }
 
-// put makes c available: to the first waiter, or idle.
+// put makes c available: to the first waiter, or idle. A connection that was just opened or
+// checked goes to a waiter as it is; one that comes out of the idle list may need a check first.
 func (p *Pool) put(c *Conn) {
 	c.SetSink(idleSink{})
 	p.mu.Lock()
@@ -236,10 +237,14 @@ func (p *Pool) put(c *Conn) {
 		c.Close()
 		return
 	}
+	if len(p.waiters) > 0 {
+		w := p.popWaiter()
+		p.mu.Unlock()
+		go w.deliver(c, nil)
+		return
+	}
 	p.idle = append(p.idle, c)
-	run := p.dispatch()
 	p.mu.Unlock()
-	run()
 }
 
 // Release returns a connection its lender left at ReadyForQuery with status idle. It is reset

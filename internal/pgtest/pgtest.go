@@ -408,7 +408,7 @@ func (c *Cluster) role() string {
 
 func newCluster(opts Options, bin string, cred *syscall.Credential, primary *Cluster) (*Cluster, error) {
 	sweepOnce.Do(sweepStale)
-	base, err := os.MkdirTemp("", "pgtest-")
+	base, err := os.MkdirTemp(tempRoot(), "pgtest-")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: temp dir: %w", err)
 	}
@@ -541,6 +541,9 @@ host  replication all 127.0.0.1/32 %[1]s
 		"log_destination":     "stderr",
 		"log_line_prefix":     "%m [%p] ",
 		"password_encryption": "scram-sha-256",
+		// Segments in the data directory go away with it even when the
+		// server was killed; posix ones would pile up in /dev/shm.
+		"dynamic_shared_memory_type": "mmap",
 	}
 	var conf strings.Builder
 	conf.WriteString("\n# added by pgtest\n")

@@ -212,12 +212,41 @@ func releasePort(port int) { usedPorts.Delete(port) }
 
 const ownerFile = "pgtest.owner"
 
+// tempRoot is where cluster directories and the template cache live:
+// $PGTEST_TMPDIR, else /dev/shm when it is a roomy tmpfs, else the usual
+// temp dir. On tmpfs, creating a cluster costs a tenth of what it does on a
+// disk, even with fsync off.
+func tempRoot() string {
+	tempRootOnce.Do(func() {
+		tempRootDir = os.Getenv("PGTEST_TMPDIR")
+		if tempRootDir == "" {
+			tempRootDir = os.TempDir()
+			var st syscall.Statfs_t
+			const tmpfsMagic = 0x01021994
+			if syscall.Statfs("/dev/shm", &st) == nil && st.Type == tmpfsMagic &&
+				st.Bavail*uint64(st.Bsize) >= 2<<30 && syscall.Access("/dev/shm", 2 /* W_OK */) == nil {
+				tempRootDir = "/dev/shm"
+			}
+		}
+	})
+	return tempRootDir
+}
+
+var (
+	tempRootOnce sync.Once
+	tempRootDir  string
+)
+
 // sweepStale removes cluster directories left behind by processes that died
 // without cleaning up (killed test binaries, `go test -timeout` panics).
 // Their servers died with them through Pdeathsig; a directory is removed only
 // if both its owner and its postmaster are gone.
 func sweepStale() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtest-*"))
+	dirs, _ := filepath.Glob(filepath.Join(tempRoot(), "pgtest-*"))
+	if tempRoot() != os.TempDir() {
+		more, _ := filepath.Glob(filepath.Join(os.TempDir(), "pgtest-*"))
+		dirs = append(dirs, more...)
+	}
 	for _, dir := range dirs {
 		owner := readPID(filepath.Join(dir, ownerFile))
 		if owner == 0 {

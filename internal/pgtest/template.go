@@ -18,7 +18,7 @@ import (
 
 // initdb is the costliest step of a start on a small machine, so its output
 // is cached: one pristine data directory per server binary, server user and
-// password under $TMPDIR/pgtest.cache-<uid>, copied for each cluster. The
+// password under <temp root>/pgtest.cache-<uid>, copied for each cluster. The
 // copies share a system identifier, which nothing here relies on.
 // PGTEST_NO_TEMPLATE=1 runs initdb for every cluster instead.
 
@@ -31,7 +31,7 @@ var templateLocks sync.Map
 // initTemplate returns a template data directory for c, building it if
 // needed.
 func (c *Cluster) initTemplate(ctx context.Context) (string, error) {
-	root := filepath.Join(os.TempDir(), "pgtest.cache-"+strconv.Itoa(os.Geteuid()))
+	root := filepath.Join(tempRoot(), "pgtest.cache-"+strconv.Itoa(os.Geteuid()))
 	key, err := c.templateKey()
 	if err != nil {
 		return "", err
