@@ -55,6 +55,7 @@ type session struct {
 
 	key      cancelKey
 	keyed    bool
+	paused   bool // client reads paused until the backend drains what we queued for it
 	active   bool // the client has sent work the backend has not finished (cancel applies)
 	pending  int  // Query/Sync/FunctionCall sent and not yet answered by ReadyForQuery
 	txStatus byte
@@ -90,6 +91,11 @@ func (s *session) OnData(b []byte) {
 		s.tlsPending = false
 	}
 	err := s.in.Feed(b, s.clientFrame)
+	if s.be != nil && !s.paused && s.be.Buffered() > s.srv.cfg.MaxOutput {
+		// The backend reads slower than the client writes: let TCP hold the client back.
+		s.paused = true
+		s.io.PauseReads()
+	}
 	if err != nil && s.state != stClosed {
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -484,6 +490,16 @@ type backendSink struct{ s *session }
 
 func (b backendSink) BackendData(c *pool.Conn, data []byte) {
 	b.s.io.Exec(func() { b.s.backendData(c, data) })
+}
+
+// Drained resumes a client paused because its backend was slow to read.
+func (b backendSink) Drained(c *pool.Conn) {
+	b.s.io.Exec(func() {
+		if b.s.paused && c == b.s.be {
+			b.s.paused = false
+			b.s.io.ResumeReads()
+		}
+	})
 }
 
 func (b backendSink) BackendClosed(c *pool.Conn, err error) {

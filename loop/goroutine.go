@@ -54,7 +54,7 @@ func (d *Goroutines) Serve(ln net.Listener, accept func(Conn) Handler) error {
 			return err
 		}
 		delay = 0
-		c := &gconn{drv: d, nc: nc, rd: nc, w: nc}
+		c := &gconn{drv: d, nc: nc, rd: nc, w: nc, done: make(chan struct{})}
 		c.out.Max = d.cfg.MaxOutput
 		if !d.track(c) {
 			nc.Close()
@@ -88,7 +88,7 @@ func (d *Goroutines) Shutdown() {
 	d.mu.Lock()
 	d.closed = true
 	for c := range d.conns {
-		c.nc.Close()
+		c.kill()
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
@@ -112,8 +112,47 @@ type gconn struct {
 	closing bool
 	tlsConn *tls.Conn
 
-	tlsCfg *tls.Config // a handshake the handler asked for (guarded by mu)
+	tlsCfg *tls.Config   // a handshake the handler asked for (guarded by mu)
+	resume chan struct{} // non-nil while reads are paused (guarded by mu)
 	probe  [1]byte
+
+	done     chan struct{} // closed when the connection is being torn down
+	killOnce sync.Once
+}
+
+// kill closes the socket and wakes the reader wherever it waits.
+func (c *gconn) kill() {
+	c.killOnce.Do(func() { close(c.done) })
+	c.nc.Close()
+}
+
+func (c *gconn) PauseReads() {
+	if c.resume == nil {
+		c.resume = make(chan struct{})
+	}
+}
+
+func (c *gconn) ResumeReads() {
+	if c.resume != nil {
+		close(c.resume)
+		c.resume = nil
+	}
+}
+
+// waitResumed blocks while the handler has paused reads.
+func (c *gconn) waitResumed() error {
+	c.mu.Lock()
+	ch := c.resume
+	c.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-c.done:
+		return net.ErrClosed
+	}
 }
 
 func (c *gconn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
@@ -148,7 +187,7 @@ func (c *gconn) Exec(f func()) bool {
 	closing := c.closing
 	c.omu.Unlock()
 	if closing {
-		c.nc.Close() // the output is out; wake the parked reader so it ends the connection
+		c.kill() // the output is out; wake the reader so it ends the connection
 	}
 	return true
 }
@@ -175,6 +214,23 @@ func (c *gconn) run() {
 
 func (c *gconn) serve() error {
 	for {
+		if err := c.waitResumed(); err != nil {
+			return err
+		}
+		if c.rd != c.nc {
+			// Bytes already decrypted inside tls.Conn are invisible to the socket: take them
+			// before parking, or the client hangs waiting for an answer to them.
+			n, err := c.readBuffered()
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				if err := c.afterEvent(); err != nil {
+					return err
+				}
+				continue
+			}
+		}
 		if err := c.park(); err != nil {
 			return err
 		}
@@ -185,6 +241,14 @@ func (c *gconn) serve() error {
 			return err
 		}
 	}
+}
+
+// readBuffered reads what TLS holds already, without waiting for the socket.
+func (c *gconn) readBuffered() (int, error) {
+	c.nc.SetReadDeadline(time.Unix(1, 0))
+	n, err := c.readOnce()
+	c.nc.SetReadDeadline(time.Time{})
+	return n, err
 }
 
 // readOnce reads what is there into a leased buffer and hands it to the handler.
@@ -244,15 +308,8 @@ func (c *gconn) handshake(cfg *tls.Config) error {
 	return nil
 }
 
-// park waits until the socket is readable without holding a buffer. For TLS, bytes already
-// decrypted inside tls.Conn are invisible to the socket, so they are drained first; parking with
-// them pending would hang the client.
+// park waits until the socket is readable without holding a buffer.
 func (c *gconn) park() error {
-	if c.rd != c.nc {
-		if err := c.drainTLS(); err != nil {
-			return err
-		}
-	}
 	sc, ok := c.nc.(syscall.Conn)
 	if !ok {
 		return nil // not a socket (tests with net.Pipe): the read itself blocks
@@ -279,23 +336,6 @@ func (c *gconn) park() error {
 		return err
 	}
 	return perr
-}
-
-func (c *gconn) drainTLS() error {
-	for {
-		c.nc.SetReadDeadline(time.Unix(1, 0))
-		n, err := c.readOnce()
-		c.nc.SetReadDeadline(time.Time{})
-		if err != nil {
-			return err
-		}
-		if err := c.afterEvent(); err != nil {
-			return err
-		}
-		if n == 0 { // the read found nothing decrypted and nothing on the socket
-			return nil
-		}
-	}
 }
 
 // errClosing ends a connection the handler closed.
@@ -332,7 +372,7 @@ func (c *gconn) flush() error {
 	c.omu.Unlock()
 	err := c.out.Flush(w)
 	if err != nil {
-		c.nc.Close() // wakes the reader so the session learns the client is gone
+		c.kill() // wakes the reader so the session learns the client is gone
 	}
 	return err
 }

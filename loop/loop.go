@@ -20,9 +20,9 @@ type Handler interface {
 	OnData(b []byte)
 	// OnClose is called exactly once, when the connection is gone (peer closed, error, or Close).
 	OnClose(err error)
-	// Flush is called after each callback and Exec function, outside the serialisation and after
-	// the client's output is sent: the handler sends what it queued for other streams (its
-	// backend). Blocking here throttles only the goroutine that produced the output.
+	// Flush is called after each callback and Exec function (after the client's output was handed
+	// to the socket): the handler kicks off sending what it queued for other streams (its backend).
+	// It must not block; a handler whose other streams are full pauses the client's reads instead.
 	Flush()
 }
 
@@ -41,6 +41,10 @@ type Conn interface {
 	StartTLS(cfg *tls.Config)
 	// TLS reports whether the connection has completed a TLS handshake.
 	TLS() bool
+	// PauseReads stops OnData until ResumeReads: the client's bytes wait in the kernel and TCP
+	// throttles the client. Call from a callback or an Exec function.
+	PauseReads()
+	ResumeReads()
 	// Close closes the connection once the queued output is sent.
 	Close()
 	RemoteAddr() net.Addr
@@ -56,6 +60,8 @@ type Driver interface {
 
 // Config bounds a driver's per-connection resources.
 type Config struct {
+	// Loops is the number of event loops of the epoll driver (0: GOMAXPROCS).
+	Loops int
 	// MaxOutput is how many bytes may wait for a slow client before producers block (Exec).
 	MaxOutput int
 	// HandshakeTimeout bounds a TLS handshake.

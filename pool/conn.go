@@ -20,6 +20,12 @@ type Sink interface {
 	BackendClosed(c *Conn, err error)
 }
 
+// Drainer is a Sink that wants to hear when a connection's queued output has been written, to
+// resume a producer it paused.
+type Drainer interface {
+	Drained(c *Conn)
+}
+
 // Conn is one authenticated backend connection used as a raw protocol stream.
 type Conn struct {
 	pool *Pool
@@ -35,6 +41,8 @@ type Conn struct {
 	Frames *wire.Decoder
 
 	out      wire.Outbox
+	kick     chan struct{} // wakes the writer
+	gone     chan struct{} // closed when the connection broke
 	created  time.Time
 	lastUsed time.Time // guarded by pool.mu
 
@@ -59,14 +67,43 @@ func (c *Conn) SetSink(s Sink) {
 // Write queues b (copied) for the backend; Flush sends it.
 func (c *Conn) Write(b []byte) { c.out.Write(b) }
 
-// Flush sends what Write queued. Call it outside the session's serialisation: it blocks while the
-// backend does not read, and the backend may be waiting for us to read its output first.
-func (c *Conn) Flush() error {
-	if err := c.out.Flush(c.nc); err != nil {
-		c.nc.Close()
-		return fmt.Errorf("pool %s: write to backend %s: %w", c.pool.cfg.Name, c.Addr(), err)
+// Flush has the writer send what Write queued; it never blocks. A write error closes the
+// connection, which the sink learns through BackendClosed.
+func (c *Conn) Flush() {
+	if c.out.Buffered() == 0 {
+		return
 	}
-	return nil
+	select {
+	case c.kick <- struct{}{}:
+	default: // the writer is awake already and will see the new bytes
+	}
+}
+
+// Buffered reports how many bytes wait for the backend. A lender that keeps it over its bound
+// should stop reading its own producer until the sink hears Drained.
+func (c *Conn) Buffered() int { return c.out.Buffered() }
+
+// write is the connection's writer goroutine. Writing on its own goroutine keeps a backend that
+// is slow to read from stalling the loop that produced the bytes; the backend may itself be
+// waiting for us to read its output first.
+func (c *Conn) write() {
+	for {
+		select {
+		case <-c.kick:
+		case <-c.gone:
+			return
+		}
+		if c.out.Buffered() == 0 {
+			continue
+		}
+		if err := c.out.Flush(c.nc); err != nil {
+			c.nc.Close()
+			return
+		}
+		if d, ok := c.currentSink().(Drainer); ok {
+			d.Drained(c)
+		}
+	}
 }
 
 // Err reports why the connection broke, or nil while it works.
@@ -133,6 +170,7 @@ func (c *Conn) broke(err error) {
 	s := c.sink
 	c.mu.Unlock()
 	c.out.Fail(err)
+	close(c.gone)
 	s.BackendClosed(c, err)
 	c.pool.forget(c)
 }

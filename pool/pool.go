@@ -218,10 +218,14 @@ func (p *Pool) open() {
 	}
 	p.all[c] = struct{}{}
 	p.mu.Unlock()
-	p.wg.Add(1)
+	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
 		c.read()
+	}()
+	go func() {
+		defer p.wg.Done()
+		c.write()
 	}()
 	p.put(c)
 }
@@ -399,6 +403,8 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		Frames:    NewBackendDecoder(),
 		created:   time.Now(),
 		sink:      idleSink{},
+		kick:      make(chan struct{}, 1),
+		gone:      make(chan struct{}),
 	}
 	return c, nil
 }

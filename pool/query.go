@@ -14,9 +14,7 @@ func (p *Pool) run(c *Conn, sql string, done func(error)) {
 	s := &querySink{done: done}
 	c.SetSink(s)
 	c.Write(wire.AppendQuery(nil, sql))
-	if err := c.Flush(); err != nil {
-		s.finish(err)
-	}
+	c.Flush()
 }
 
 // querySink reads the answer to a pool-internal query.

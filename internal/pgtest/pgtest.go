@@ -7,7 +7,14 @@
 // for speed rather than durability (fsync, synchronous_commit and
 // full_page_writes off). When the calling process runs as root the servers
 // run as the postgres OS user. Servers die with the calling process, and
-// Stop removes everything.
+// Stop removes everything; directories left by a process that was killed are
+// swept by the next one.
+//
+// Directories go under /dev/shm when it is a tmpfs with room to spare (a
+// cluster starts about ten times faster there), else under os.TempDir, and
+// data directories are copied from an initdb template cached next to them.
+// Environment overrides: PGTEST_BINDIR (server binaries), PGTEST_TMPDIR
+// (where directories go), PGTEST_NO_TEMPLATE=1 (run initdb every time).
 package pgtest
 
 import (
@@ -226,8 +233,8 @@ func (c *Cluster) Exec(ctx context.Context, sql string) error {
 	return nil
 }
 
-// QueryValue runs sql like Exec and returns the first column of the first
-// row of the last result, as text ("" for NULL).
+// QueryValue runs one statement as the superuser on database postgres and
+// returns the first column of its first row as text ("" for NULL).
 func (c *Cluster) QueryValue(ctx context.Context, sql string) (string, error) {
 	conn, err := c.Connect(ctx)
 	if err != nil {
