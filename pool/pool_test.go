@@ -198,7 +198,7 @@ func TestWithdrawnWaiterIsSkipped(t *testing.T) {
 }
 
 func TestMinSizeAndIdleTimeout(t *testing.T) {
-	p := newPool(t, func(c *Config) { c.Size, c.MinSize, c.IdleTimeout = 4, 2, 300 * time.Millisecond })
+	p := newPool(t, func(c *Config) { c.Size, c.MinSize, c.IdleTimeout = 4, 2, 300*time.Millisecond })
 	eventually(t, "min-pool-size connections opened", func() bool { return p.Stats().Open == 2 })
 	var conns []*Conn
 	for range 4 {
