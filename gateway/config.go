@@ -16,8 +16,9 @@ type Config struct {
 	AuthType auth.Method
 	AuthFile string
 
-	PoolMode      string // "session"
-	PoolSize      int    // --default-pool-size
+	PoolMode      string            // session | transaction | statement
+	UserPoolMode  map[string]string // user → pool mode, overriding the database's and the default
+	PoolSize      int               // --default-pool-size
 	MinPoolSize   int
 	MaxClientConn int
 	MaxQueue      int
@@ -30,6 +31,14 @@ type Config struct {
 	ServerCheckDelay     time.Duration
 	ServerResetQuery     string
 	CancelTimeout        time.Duration
+	CancelDrainTimeout   time.Duration // client gone mid-query: bound on bringing its backend back
+	QueryTimeout         time.Duration // one request unit's bound (0: none)
+	IdleTxTimeout        time.Duration // --idle-transaction-timeout (0: none)
+	ClientIdleTimeout    time.Duration // (0: none)
+
+	MaxPrepared          int      // --max-prepared-statements per backend connection
+	TrackExtraParameters []string // parameters that follow the client besides the standard ones
+	MaxQuerySize         int      // bound on messages the gateway reads whole (Parse, Bind, …)
 
 	TLSCert, TLSKey string
 	ClientTLSMode   string // disable | allow | require
@@ -58,6 +67,10 @@ func Defaults() Config {
 		ServerCheckDelay:     30 * time.Second,
 		ServerResetQuery:     "DISCARD ALL",
 		CancelTimeout:        10 * time.Second,
+		CancelDrainTimeout:   10 * time.Second,
+		MaxPrepared:          200,
+		MaxQuerySize:         64 << 20,
+		UserPoolMode:         map[string]string{},
 		ClientTLSMode:        "allow",
 		MaxPacketSize:        1<<31 - 1,
 		MaxOutput:            1 << 20,
@@ -65,8 +78,13 @@ func Defaults() Config {
 }
 
 func (c *Config) validate() error {
-	if c.PoolMode != "session" {
-		return fmt.Errorf("--pool-mode %q: only session is supported so far", c.PoolMode)
+	if _, err := parsePoolMode(c.PoolMode); err != nil {
+		return fmt.Errorf("--pool-mode: %w", err)
+	}
+	for user, m := range c.UserPoolMode {
+		if _, err := parsePoolMode(m); err != nil {
+			return fmt.Errorf("--user-pool-mode %s: %w", user, err)
+		}
 	}
 	if c.PoolSize < 1 {
 		return fmt.Errorf("--default-pool-size must be at least 1, not %d", c.PoolSize)
@@ -92,4 +110,28 @@ func (c *Config) validate() error {
 		return fmt.Errorf("no --database given")
 	}
 	return nil
+}
+
+type poolMode uint8
+
+const (
+	sessionMode poolMode = iota
+	transactionMode
+	statementMode
+)
+
+func parsePoolMode(s string) (poolMode, error) {
+	switch s {
+	case "session":
+		return sessionMode, nil
+	case "transaction":
+		return transactionMode, nil
+	case "statement":
+		return statementMode, nil
+	}
+	return 0, fmt.Errorf("%q: want session, transaction or statement", s)
+}
+
+func (m poolMode) String() string {
+	return [...]string{"session", "transaction", "statement"}[m]
 }

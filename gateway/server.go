@@ -3,12 +3,12 @@
 package gateway
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,7 +46,9 @@ type database struct {
 	conn *pgconn.Config
 	// ownUser: the DSN names the backend user, so every client logs in as it; otherwise the
 	// backend login is the client's own user and its plaintext secret from the auth file.
-	ownUser bool
+	ownUser  bool
+	mode     *poolMode // pool_mode given in the DSN, if any
+	poolSize int       // pool_size given in the DSN, if any
 }
 
 // New checks cfg, loads the auth file and TLS keys, and parses the database DSNs.
@@ -85,12 +87,36 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// parseDatabase reads one --database DSN. Like PgBouncer's [databases] lines, the DSN may carry
+// pool_mode and pool_size for this database; they are the gateway's, not the server's.
 func parseDatabase(name, dsn string) (*database, error) {
+	db := &database{name: name}
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		q := u.Query()
+		if m := q.Get("pool_mode"); m != "" {
+			mode, err := parsePoolMode(m)
+			if err != nil {
+				return nil, fmt.Errorf("--database %s: pool_mode: %w", name, err)
+			}
+			db.mode = &mode
+		}
+		if n := q.Get("pool_size"); n != "" {
+			size, err := strconv.Atoi(n)
+			if err != nil || size < 1 {
+				return nil, fmt.Errorf("--database %s: pool_size %q: want a positive number", name, n)
+			}
+			db.poolSize = size
+		}
+		q.Del("pool_mode")
+		q.Del("pool_size")
+		u.RawQuery = q.Encode()
+		dsn = u.String()
+	}
 	conn, err := pgconn.ParseConfig(dsn)
 	if err != nil {
 		return nil, fmt.Errorf("--database %s: %w", name, err)
 	}
-	db := &database{name: name, conn: conn}
+	db.conn = conn
 	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
 		db.ownUser = u.User != nil && u.User.Username() != ""
 	} else {
@@ -156,10 +182,15 @@ func (s *Server) pool(db *database, user string) (*pool.Pool, error) {
 			conn.Password = pw
 		}
 	}
+	size := s.cfg.PoolSize
+	if db.poolSize > 0 {
+		size = db.poolSize
+	}
 	p := pool.New(pool.Config{
 		Name:           db.name + "/" + user,
 		Connect:        conn,
-		Size:           s.cfg.PoolSize,
+		Size:           size,
+		MaxPrepared:    s.cfg.MaxPrepared,
 		MinSize:        s.cfg.MinPoolSize,
 		MaxQueue:       s.cfg.MaxQueue,
 		WaitTimeout:    s.cfg.QueryWaitTimeout,
@@ -172,6 +203,19 @@ func (s *Server) pool(db *database, user string) (*pool.Pool, error) {
 	})
 	s.pools[key] = p
 	return p, nil
+}
+
+// modeFor picks the pool mode for a client: its user's, else its database's, else the default.
+func (s *Server) modeFor(db *database, user string) poolMode {
+	if m, ok := s.cfg.UserPoolMode[user]; ok {
+		mode, _ := parsePoolMode(m)
+		return mode
+	}
+	if db.mode != nil {
+		return *db.mode
+	}
+	mode, _ := parsePoolMode(s.cfg.PoolMode)
+	return mode
 }
 
 // admitClient counts a client against --max-client-conn.
@@ -196,18 +240,5 @@ func (s *Server) cancel(pid uint32, key []byte) {
 		s.log.Debug("cancel request for unknown key")
 		return
 	}
-	var be interface{ Cancel(context.Context) error }
-	target.io.Exec(func() {
-		if target.be != nil && target.active {
-			be = target.be
-		}
-	})
-	if be == nil {
-		return // idle client: nothing to cancel, and the key must not hit whatever runs next
-	}
-	ctx, done := context.WithTimeout(context.Background(), s.cfg.CancelTimeout)
-	defer done()
-	if err := be.Cancel(ctx); err != nil {
-		s.log.Warn("cancel failed", "err", err)
-	}
+	target.io.Exec(target.requestCancel)
 }

@@ -1,11 +1,11 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -20,18 +20,18 @@ type state uint8
 const (
 	stStartup state = iota // waiting for the startup packet (again after SSLRequest)
 	stAuth                 // authentication exchange in progress
-	stWaiting              // authenticated, waiting for a backend connection
-	stSetup                // backend linked, applying the client's startup parameters
-	stLinked               // relaying between client and backend
+	stWaiting              // authenticated, waiting for the first backend connection
+	stSetup                // first backend linked, applying the client's startup parameters
+	stLinked               // logged in: relaying request units to backends
 	stClosed
 )
 
-// maxEarly bounds what a client may send before it has seen ReadyForQuery.
-const maxEarly = 64 << 10
+// maxQueued bounds what a client may send while it waits for a backend before its reads pause.
+const maxQueued = 64 << 10
 
 // session is one client's protocol state machine. It does no I/O: events arrive through its
-// methods (client bytes, backend bytes, pool answers, timers), all serialised by the loop, and it
-// answers by queueing bytes on io or on its backend connection.
+// methods (client bytes, backend bytes, pool answers, timers, cancels), all serialised by the
+// loop, and it answers by queueing bytes on io or on its backend connection.
 type session struct {
 	srv *Server
 	io  loop.Conn
@@ -40,25 +40,49 @@ type session struct {
 	state      state
 	tlsPending bool // answered 'S' to SSLRequest; nothing may follow until the handshake
 	counted    bool // holds a --max-client-conn slot
-	stopLogin  func() bool
+	timer      func() bool
 
 	user     string
 	db       *database
 	startup  map[string]string
 	exchange *auth.Exchange
+	mode     poolMode
 
 	pool     *pool.Pool
-	withdraw func() bool
+	waiting  bool        // an Acquire is outstanding
+	withdraw func() bool // cancels it
 	be       *pool.Conn
-	flushBe  atomic.Pointer[pool.Conn] // be, for Flush, which runs outside the serialisation
-	early    []byte                    // client bytes that came before ReadyForQuery
+	flushBe  atomic.Pointer[pool.Conn] // be, for Flush, which may run outside the serialisation
 
-	key      cancelKey
-	keyed    bool
-	paused   bool // client reads paused until the backend drains what we queued for it
-	active   bool // the client has sent work the backend has not finished (cancel applies)
-	pending  int  // Query/Sync/FunctionCall sent and not yet answered by ReadyForQuery
+	queued      []queuedFrame // client frames waiting for a backend
+	queuedBytes int
+	paused      bool
+
+	// What the backend owes, and where the client stands.
+	slots    slotQueue
+	unsynced bool // extended-protocol messages sent since the last Sync
+	copyIn   bool // the backend waits for COPY data from the client
 	txStatus byte
+	fwd      bool // the backend message being read goes to the client
+	timedOut bool // --query-timeout cancelled the current work
+
+	desired map[string]string // parameters that follow the client to every backend
+	stmts   map[string]*stmt  // the client's named prepared statements (not in session mode)
+
+	cancelling bool          // a CancelRequest is on its way to the backend
+	cancelDone chan struct{} // closed when it has been delivered
+	barrier    bool          // a cancel was delivered: prove the backend saw it before release
+
+	key   cancelKey
+	keyed bool
+}
+
+// queuedFrame is a copy of a client frame kept until a backend is available.
+type queuedFrame struct {
+	typ                byte
+	length             int
+	raw                []byte
+	whole, first, last bool
 }
 
 func newSession(srv *Server, io loop.Conn) *session {
@@ -69,13 +93,28 @@ func newSession(srv *Server, io loop.Conn) *session {
 	s.in = wire.NewDecoder(cfg)
 	s.in.ExpectStartup()
 	if d := srv.cfg.ClientLoginTimeout; d > 0 {
-		s.stopLogin = io.AfterFunc(d, func() {
+		s.arm(d, func() {
 			if s.state < stLinked {
 				s.fatal("08P01", fmt.Sprintf("login not completed within %s (--client-login-timeout)", d))
 			}
 		})
 	}
 	return s
+}
+
+// arm replaces the session's one pending deadline.
+func (s *session) arm(d time.Duration, f func()) {
+	s.disarm()
+	if d > 0 {
+		s.timer = s.io.AfterFunc(d, f)
+	}
+}
+
+func (s *session) disarm() {
+	if s.timer != nil {
+		s.timer()
+		s.timer = nil
+	}
 }
 
 // OnData implements loop.Handler.
@@ -91,11 +130,6 @@ func (s *session) OnData(b []byte) {
 		s.tlsPending = false
 	}
 	err := s.in.Feed(b, s.clientFrame)
-	if s.be != nil && !s.paused && s.be.Buffered() > s.srv.cfg.MaxOutput {
-		// The backend reads slower than the client writes: let TCP hold the client back.
-		s.paused = true
-		s.io.PauseReads()
-	}
 	if err != nil && s.state != stClosed {
 		var we *wire.Error
 		if errors.As(err, &we) {
@@ -103,6 +137,26 @@ func (s *session) OnData(b []byte) {
 			return
 		}
 		s.fatal("08P01", err.Error())
+		return
+	}
+	s.throttle()
+}
+
+// throttle pauses the client while the backend (or the wait for one) lags behind it.
+func (s *session) throttle() {
+	if s.paused || s.state == stClosed {
+		return
+	}
+	if s.queuedBytes > maxQueued || (s.be != nil && s.be.Buffered() > s.srv.cfg.MaxOutput) {
+		s.paused = true
+		s.io.PauseReads()
+	}
+}
+
+func (s *session) unthrottle() {
+	if s.paused && s.queuedBytes <= maxQueued && (s.be == nil || s.be.Buffered() <= s.srv.cfg.MaxOutput) {
+		s.paused = false
+		s.io.ResumeReads()
 	}
 }
 
@@ -124,7 +178,7 @@ func (s *session) clientFrame(f *wire.Frame) error {
 	case stAuth:
 		s.authMessage(f)
 	case stWaiting, stSetup, stLinked:
-		s.relayToBackend(f)
+		s.clientMessage(f)
 	}
 	if s.state == stClosed {
 		return errStop
@@ -135,12 +189,8 @@ func (s *session) clientFrame(f *wire.Frame) error {
 func (s *session) startupPacket(body []byte) {
 	st, err := wire.ParseStartup(body)
 	if err != nil {
-		var we *wire.Error
-		if errors.As(err, &we) {
-			s.fatal(we.Code, we.Message)
-		} else {
-			s.fatal("08P01", err.Error())
-		}
+		code, msg := errorFields(err)
+		s.fatal(code, msg)
 		return
 	}
 	switch st.Kind {
@@ -185,7 +235,7 @@ func (s *session) login(st *wire.Startup) {
 		}
 		s.io.Write(wire.AppendNegotiateProtocolVersion(nil, 0, unknown))
 	}
-	if st.Params["replication"] != "" && st.Params["replication"] != "false" && st.Params["replication"] != "0" {
+	if r := st.Params["replication"]; r != "" && r != "false" && r != "0" && r != "off" {
 		s.fatal("0A000", "replication connections are not supported by asyncgate")
 		return
 	}
@@ -226,7 +276,8 @@ func (s *session) authStep(out []byte, done bool, err error) {
 	}
 }
 
-// authenticated routes the client to its pool and asks for a backend.
+// authenticated routes the client to its pool and asks for a backend: the first one tells the
+// client the server's parameters and takes its startup settings.
 func (s *session) authenticated() {
 	name := s.startup["database"]
 	db, ok := s.srv.dbs[name]
@@ -240,9 +291,26 @@ func (s *session) authenticated() {
 		return
 	}
 	s.db, s.pool, s.state = db, p, stWaiting
+	s.mode = s.srv.modeFor(db, s.user)
+	if s.mode != sessionMode {
+		// Statements are the gateway's to track: read their messages whole, within a bound
+		// that only an authenticated client gets.
+		s.stmts = make(map[string]*stmt)
+		s.in.SetMaxInspect(s.srv.cfg.MaxQuerySize)
+		for _, t := range []byte{'P', 'B', 'D', 'C'} {
+			s.in.SetInspect(t, true)
+		}
+	}
+	s.acquire()
+}
+
+// acquire asks the pool for a backend; backendReady gets the answer.
+func (s *session) acquire() {
+	p := s.pool
+	s.waiting = true
 	c, withdraw, err := p.Acquire(func(c *pool.Conn, err error) {
 		if !s.io.Exec(func() { s.backendReady(c, err) }) && c != nil {
-			p.Release(c) // the client left while waiting; the connection is untouched
+			p.Return(c) // the client left while waiting; the connection is untouched
 		}
 	})
 	switch {
@@ -257,10 +325,10 @@ func (s *session) authenticated() {
 
 // backendReady is the pool's answer: link the client to c, or tell it why not.
 func (s *session) backendReady(c *pool.Conn, err error) {
-	s.withdraw = nil
-	if s.state != stWaiting {
+	s.waiting, s.withdraw = false, nil
+	if s.state == stClosed {
 		if c != nil {
-			s.pool.Release(c)
+			s.pool.Return(c)
 		}
 		return
 	}
@@ -272,47 +340,24 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 	s.be = c
 	s.flushBe.Store(c)
 	c.SetSink(backendSink{s})
-	s.state = stSetup
-	if set := s.startupSettings(c.Params); set != "" {
-		s.active = true
-		s.pending++
-		c.Write(wire.AppendQuery(nil, set))
+	if s.state == stWaiting {
+		s.state = stSetup
+		if set := s.startupSettings(c); set != "" {
+			s.internalQuery(set)
+			return
+		}
+		s.ready()
 		return
 	}
-	s.ready()
-}
-
-// startupSettings turns the client's startup parameters into SET commands for those the
-// backend does not already have, so the session starts as it would on a direct connection.
-func (s *session) startupSettings(have map[string]string) string {
-	var b strings.Builder
-	set := func(name, value string) {
-		for k, v := range have {
-			if strings.EqualFold(k, name) && v == value {
-				return
-			}
-		}
-		fmt.Fprintf(&b, "SET %s = %s;", quoteIdent(name), quoteLiteral(value))
+	if set := s.followSettings(c); set != "" {
+		s.internalQuery(set)
 	}
-	for name, value := range s.startup {
-		switch name {
-		case "user", "database", "replication":
-		case "options":
-			for name, value := range parseOptions(value) {
-				set(name, value)
-			}
-		default:
-			set(name, value)
-		}
-	}
-	return b.String()
+	s.sendQueued()
 }
 
 // ready completes the login: the server's parameters, our own cancel key, ReadyForQuery.
 func (s *session) ready() {
-	if s.stopLogin != nil {
-		s.stopLogin()
-	}
+	s.disarm()
 	for name, value := range s.be.Params {
 		s.io.Write(wire.AppendParameterStatus(nil, name, value))
 	}
@@ -320,90 +365,116 @@ func (s *session) ready() {
 	s.io.Write(wire.AppendBackendKeyData(nil, s.key.pid, s.key.secretBytes()))
 	s.io.Write(wire.AppendReadyForQuery(nil, s.txStatus))
 	s.state = stLinked
-	if len(s.early) > 0 {
-		s.be.Write(s.early)
-		s.early = nil
-	}
+	s.desired = s.trackedSettings(s.be)
+	s.sendQueued()
+	s.afterUnit()
 }
 
-// relayToBackend forwards a client message, noting what the gateway must know about it. What a
-// client sends before it has seen ReadyForQuery waits, bounded, until the backend is set up.
-func (s *session) relayToBackend(f *wire.Frame) {
-	if f.First {
-		switch f.Type {
-		case 'X':
-			s.state = stClosed
-			s.io.Close()
-			return
-		case 'Q', 'S', 'F':
-			s.pending++
+// sendQueued relays what the client sent while it waited for its backend.
+func (s *session) sendQueued() {
+	queued := s.queued
+	s.queued, s.queuedBytes = nil, 0
+	for i := range queued {
+		q := &queued[i]
+		f := wire.Frame{Type: q.typ, Len: q.length, Raw: q.raw, Whole: q.whole, First: q.first, Last: q.last}
+		if q.whole {
+			f.Body = q.raw[len(q.raw)-q.length:]
 		}
-		s.active = true
-	}
-	if s.state == stLinked {
-		s.be.Write(f.Raw)
-		return
-	}
-	if len(s.early)+len(f.Raw) > maxEarly {
-		s.fatal("08P01", "client sent too much before the server was ready")
-		return
-	}
-	s.early = append(s.early, f.Raw...)
-}
-
-// backendData is what the backend sent, on the backend reader's goroutine, serialised by Exec.
-func (s *session) backendData(c *pool.Conn, b []byte) {
-	if c != s.be {
-		return
-	}
-	err := c.Frames.Feed(b, func(f *wire.Frame) error {
-		if f.Whole {
-			s.backendMessage(c, f)
-		} else if s.state == stLinked {
-			s.io.Write(f.Raw)
-		}
+		s.relay(&f)
 		if s.state == stClosed {
-			return errStop
+			return
 		}
-		return nil
+	}
+	s.unthrottle()
+}
+
+// clientMessage handles a frame from a logged-in client (or one still logging in).
+func (s *session) clientMessage(f *wire.Frame) {
+	if f.First && f.Type == 'X' {
+		s.state = stClosed
+		s.io.Close()
+		return
+	}
+	if s.be == nil || s.state != stLinked || len(s.queued) > 0 {
+		s.queue(f)
+		return
+	}
+	s.relay(f)
+}
+
+// queue keeps a copy of f until a backend is available, asking for one if needed.
+func (s *session) queue(f *wire.Frame) {
+	s.queued = append(s.queued, queuedFrame{
+		typ: f.Type, length: f.Len, raw: append([]byte(nil), f.Raw...),
+		whole: f.Whole, first: f.First, last: f.Last,
 	})
-	if err != nil && !errors.Is(err, errStop) {
-		s.srv.log.Warn("backend protocol error", "backend", c.Addr(), "err", err)
-		s.fatal("08006", fmt.Sprintf("server connection failed: %v", err))
+	s.queuedBytes += len(f.Raw)
+	if s.state == stLinked && s.be == nil && !s.waiting {
+		s.disarm()
+		s.acquire()
 	}
 }
 
-func (s *session) backendMessage(c *pool.Conn, f *wire.Frame) {
-	switch f.Type {
-	case 'S':
-		if name, value, err := wire.ParseParameterStatus(f.Body); err == nil {
-			c.Params[string(name)] = string(value)
-		}
-	case 'Z':
-		if status, err := wire.ReadyStatus(f.Body); err == nil {
-			s.txStatus = status
-		}
-		if s.pending > 0 {
-			s.pending--
-		}
-		s.active = s.pending > 0
-		if s.state == stSetup {
-			s.ready()
-			return
-		}
-	case 'E':
-		if s.state == stSetup {
-			// A startup parameter the server refused: the client learns as from PostgreSQL.
-			_, code, msg, _ := wire.ErrorFields(f.Body)
-			s.fatal(string(code), string(msg))
-			return
-		}
+// afterUnit runs whenever the backend may have finished all it owed: it gives the backend back
+// when the pool mode says so, and arms the deadline that fits what the client does now.
+func (s *session) afterUnit() {
+	if s.state != stLinked || !s.slots.empty() || s.unsynced || s.copyIn || len(s.queued) > 0 {
+		return
 	}
-	if s.state == stLinked {
-		s.io.Write(f.Raw)
+	if s.txStatus == 'I' {
+		s.arm(s.srv.cfg.ClientIdleTimeout, func() {
+			s.fatal("57P05", fmt.Sprintf("terminating connection due to idle timeout (--client-idle-timeout %s)", s.srv.cfg.ClientIdleTimeout))
+		})
+	} else {
+		s.arm(s.srv.cfg.IdleTxTimeout, func() {
+			s.fatal("25P03", fmt.Sprintf("terminating connection due to idle-in-transaction timeout (--idle-transaction-timeout %s)", s.srv.cfg.IdleTxTimeout))
+		})
 	}
+	if s.mode == sessionMode || s.be == nil || s.txStatus != 'I' || s.cancelling {
+		return
+	}
+	if s.barrier {
+		// A cancel reached the backend: an empty query proves it is spent before anyone else
+		// gets the connection.
+		s.barrier = false
+		s.internalQuery("")
+		return
+	}
+	be := s.be
+	s.be = nil
+	s.flushBe.Store(nil)
+	s.pool.Return(be)
 }
 
+// requestCancel forwards the client's CancelRequest to its backend, if it is running the
+// client's work. The backend stays with the client until the cancel has been delivered, so it
+// can never hit another client's query.
+func (s *session) requestCancel() {
+	if s.be == nil || s.slots.empty() || s.cancelling {
+		return
+	}
+	be, done := s.be, make(chan struct{})
+	s.cancelling, s.cancelDone = true, done
+	timeout := s.srv.cfg.CancelTimeout
+	go func() {
+		if err := cancelBackend(be, timeout); err != nil {
+			s.srv.log.Warn("cancel failed", "err", err)
+		}
+		close(done)
+		s.io.Exec(func() {
+			if s.cancelDone != done {
+				return
+			}
+			s.cancelling, s.cancelDone = false, nil
+			if s.be == be {
+				s.barrier = true
+				s.afterUnit()
+			}
+		})
+	}()
+}
+
+// backendClosed: the server or the network ended the client's backend.
 func (s *session) backendClosed(c *pool.Conn, err error) {
 	if c != s.be || s.state == stClosed {
 		return
@@ -413,20 +484,19 @@ func (s *session) backendClosed(c *pool.Conn, err error) {
 	s.fatal("08006", fmt.Sprintf("server connection closed (%s): %v", c.Addr(), err))
 }
 
-// Flush implements loop.Handler: it sends what the session queued for its backend.
+// Flush implements loop.Handler: it kicks the backend's writer.
 func (s *session) Flush() {
 	if be := s.flushBe.Load(); be != nil {
 		be.Flush()
 	}
 }
 
-// OnClose implements loop.Handler: the client is gone, so give back or discard what it held.
+// OnClose implements loop.Handler: the client is gone, so give back or drain what it held.
 func (s *session) OnClose(error) {
 	s.state = stClosed
-	if s.stopLogin != nil {
-		s.stopLogin()
-	}
-	if s.withdraw != nil && s.withdraw() {
+	s.disarm()
+	if s.withdraw != nil {
+		s.withdraw()
 		s.withdraw = nil
 	}
 	if s.keyed {
@@ -439,27 +509,8 @@ func (s *session) OnClose(error) {
 	if be := s.be; be != nil {
 		s.be = nil
 		s.flushBe.Store(nil)
-		s.releaseBackend(be)
+		s.drain(be)
 	}
-}
-
-// releaseBackend gives the backend back when it is known to be clean; otherwise it cancels what
-// still runs there and closes it, so no query outlives its client.
-func (s *session) releaseBackend(be *pool.Conn) {
-	if !s.active && s.txStatus == 'I' && be.Frames.AtBoundary() {
-		s.pool.Release(be)
-		return
-	}
-	if s.active {
-		go func() {
-			ctx, done := context.WithTimeout(context.Background(), s.srv.cfg.CancelTimeout)
-			defer done()
-			be.Cancel(ctx)
-			s.pool.Discard(be)
-		}()
-		return
-	}
-	s.pool.Discard(be)
 }
 
 // fatal sends a FATAL error and closes the client.
@@ -489,15 +540,20 @@ func errorFields(err error) (code, msg string) {
 type backendSink struct{ s *session }
 
 func (b backendSink) BackendData(c *pool.Conn, data []byte) {
-	b.s.io.Exec(func() { b.s.backendData(c, data) })
+	if !b.s.io.Exec(func() { b.s.backendData(c, data) }) {
+		// The client closed while these bytes were on their way; whoever took the backend
+		// over (the drainer) must see every byte to keep count.
+		if next := c.Sink(); next != b {
+			next.BackendData(c, data)
+		}
+	}
 }
 
 // Drained resumes a client paused because its backend was slow to read.
 func (b backendSink) Drained(c *pool.Conn) {
 	b.s.io.Exec(func() {
-		if b.s.paused && c == b.s.be {
-			b.s.paused = false
-			b.s.io.ResumeReads()
+		if c == b.s.be {
+			b.s.unthrottle()
 		}
 	})
 }

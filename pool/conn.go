@@ -39,6 +39,11 @@ type Conn struct {
 	Params map[string]string
 	// Frames cuts what the backend sends; used by the current owner from the reader goroutine.
 	Frames *wire.Decoder
+	// Settings holds values the gateway set on this connection for parameters the server does
+	// not report (search_path before PostgreSQL 18, …); used by the owner like Frames.
+	Settings map[string]string
+
+	stmts *stmtCache
 
 	out      wire.Outbox
 	kick     chan struct{} // wakes the writer
@@ -154,6 +159,9 @@ func (c *Conn) read() {
 		}
 	}
 }
+
+// Sink returns the current sink.
+func (c *Conn) Sink() Sink { return c.currentSink() }
 
 func (c *Conn) currentSink() Sink {
 	c.mu.Lock()

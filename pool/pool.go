@@ -32,7 +32,8 @@ type Config struct {
 	Lifetime       time.Duration // connections older than this are closed when released (0: no limit)
 	IdleTimeout    time.Duration // idle connections beyond MinSize are closed after this (0: never)
 	CheckDelay     time.Duration // a connection idle this long is checked before it is lent again (0: always)
-	ResetQuery     string        // run on release, before the next lender ("" to skip)
+	ResetQuery     string        // run by Release, before the next lender ("" to skip)
+	MaxPrepared    int           // statements cached per connection (0: no bound)
 
 	Log *slog.Logger
 }
@@ -268,8 +269,22 @@ func (p *Pool) Release(c *Conn) {
 			c.Close()
 			return
 		}
+		// The reset (DISCARD ALL) dropped prepared statements and session settings.
+		c.StmtClear()
+		clear(c.Settings)
 		p.put(c)
 	})
+}
+
+// Return gives back a connection at ReadyForQuery idle without a reset: in transaction and
+// statement pooling its session state is the gateway's to manage, and its prepared statements
+// are worth keeping.
+func (p *Pool) Return(c *Conn) {
+	if p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime {
+		c.Close()
+		return
+	}
+	p.put(c)
 }
 
 // check runs an empty query on a long-idle connection before lending it again.
@@ -402,6 +417,8 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		Params:    hc.ParameterStatuses,
 		Frames:    NewBackendDecoder(),
 		created:   time.Now(),
+		Settings:  make(map[string]string),
+		stmts:     newStmtCache(p.cfg.MaxPrepared),
 		sink:      idleSink{},
 		kick:      make(chan struct{}, 1),
 		gone:      make(chan struct{}),
@@ -410,10 +427,10 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 }
 
 // NewBackendDecoder returns a framer for a backend stream that keeps whole the messages the
-// gateway reads: ReadyForQuery, ParameterStatus, ErrorResponse, BackendKeyData.
+// gateway reads: ReadyForQuery, ParameterStatus, ErrorResponse, BackendKeyData, CommandComplete.
 func NewBackendDecoder() *wire.Decoder {
 	cfg := wire.DecoderConfig{MaxMessage: 1 << 30, MaxInspect: 1 << 20}
-	for _, t := range []byte{'Z', 'S', 'E', 'K'} {
+	for _, t := range []byte{'Z', 'S', 'E', 'K', 'C'} {
 		cfg.Inspect[t] = true
 	}
 	return wire.NewDecoder(cfg)

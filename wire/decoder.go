@@ -120,6 +120,15 @@ func (d *Decoder) ExpectStartup() { d.expectStartup = true }
 // message header.
 func (d *Decoder) SetInspect(typ byte, on bool) { d.inspect[typ] = on }
 
+// SetMaxInspect changes the bound on inspected messages from the next message on: a gateway
+// keeps it small until the client has authenticated.
+func (d *Decoder) SetMaxInspect(n int) {
+	if n <= 0 {
+		n = DefaultMaxInspect
+	}
+	d.maxInspect = n
+}
+
 // Pending reports whether a partial message is buffered inside the decoder (header bytes or an inspected
 // message being accumulated).
 func (d *Decoder) Pending() bool { return d.hdrN > 0 || d.acc != nil }

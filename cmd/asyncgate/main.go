@@ -33,10 +33,25 @@ func run(args []string) error {
 	var configFile, authType, logLevel string
 	fs.StringVar(&configFile, "config", "", "config `FILE`: one key = value per line, keys named as the flags")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address clients connect to")
-	fs.Var(databases(cfg.Databases), "database", "backend `NAME=postgres://user:pass@host:port/db?sslmode=…` (repeatable)")
+	fs.Var(keyValues(cfg.Databases), "database", "backend `NAME=postgres://user:pass@host:port/db?sslmode=…` (repeatable)")
 	fs.StringVar(&authType, "auth-type", "scram-sha-256", "client authentication: trust, md5 or scram-sha-256")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "`FILE` with one \"user\" \"secret\" per line (PgBouncer's userlist.txt)")
-	fs.StringVar(&cfg.PoolMode, "pool-mode", cfg.PoolMode, "when a backend goes back to the pool: session")
+	fs.StringVar(&cfg.PoolMode, "pool-mode", cfg.PoolMode, "when a backend goes back to the pool: session, transaction or statement (per database: pool_mode=… in its DSN)")
+	fs.Var(keyValues(cfg.UserPoolMode), "user-pool-mode", "pool mode for one user, `USER=MODE` (repeatable; overrides the database's)")
+	fs.IntVar(&cfg.MaxPrepared, "max-prepared-statements", cfg.MaxPrepared, "prepared statements cached per backend connection in transaction and statement modes (LRU)")
+	fs.Func("track-extra-parameters", "comma-separated parameters that follow a client across backends besides the standard ones", func(v string) error {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				cfg.TrackExtraParameters = append(cfg.TrackExtraParameters, p)
+			}
+		}
+		return nil
+	})
+	fs.IntVar(&cfg.MaxQuerySize, "max-query-size", cfg.MaxQuerySize, "largest message the gateway reads whole (Parse, Bind, … in transaction and statement modes), in bytes")
+	durationVar(fs, &cfg.QueryTimeout, "query-timeout", "cancel a request running longer than this on the backend (SQLSTATE 57014; 0: none)")
+	durationVar(fs, &cfg.IdleTxTimeout, "idle-transaction-timeout", "disconnect a client idle inside a transaction this long; it is rolled back (0: none)")
+	durationVar(fs, &cfg.ClientIdleTimeout, "client-idle-timeout", "disconnect a client idle this long (0: none)")
+	durationVar(fs, &cfg.CancelDrainTimeout, "cancel-drain-timeout", "after a client leaves mid-query, how long its backend has to come back before it is closed")
 	fs.IntVar(&cfg.PoolSize, "default-pool-size", cfg.PoolSize, "backend connections per (database, user) pool")
 	fs.IntVar(&cfg.MinPoolSize, "min-pool-size", cfg.MinPoolSize, "backend connections kept open per pool even when idle")
 	fs.IntVar(&cfg.MaxClientConn, "max-client-conn", cfg.MaxClientConn, "most clients connected at once; more get SQLSTATE 53300")
@@ -128,7 +143,7 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 		key = strings.ReplaceAll(strings.TrimSpace(key), "_", "-")
 		value = strings.Trim(strings.TrimSpace(value), `"`)
-		if key == "database" {
+		if key == "database" || key == "user-pool-mode" {
 			// NAME=DSN contains '=' itself; keep the rest of the line whole.
 			value = strings.TrimSpace(line[strings.Index(line, "=")+1:])
 		}
@@ -145,17 +160,17 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 	return sc.Err()
 }
 
-// databases is the repeatable --database NAME=DSN flag.
-type databases map[string]string
+// keyValues is a repeatable KEY=VALUE flag.
+type keyValues map[string]string
 
-func (d databases) String() string { return fmt.Sprint(map[string]string(d)) }
+func (d keyValues) String() string { return fmt.Sprint(map[string]string(d)) }
 
-func (d databases) Set(v string) error {
-	name, dsn, ok := strings.Cut(v, "=")
-	if !ok || name == "" || dsn == "" {
-		return errors.New("want NAME=DSN")
+func (d keyValues) Set(v string) error {
+	name, value, ok := strings.Cut(v, "=")
+	if !ok || name == "" || value == "" {
+		return errors.New("want KEY=VALUE")
 	}
-	d[name] = dsn
+	d[name] = value
 	return nil
 }
 
