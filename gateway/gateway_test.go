@@ -158,6 +158,7 @@ func TestCopyBothWays(t *testing.T) {
 }
 
 func TestListenNotify(t *testing.T) {
+	sessionOnly(t)
 	g := startGateway(t, nil)
 	listener := g.connect(t)
 	notifier := g.connect(t)
@@ -284,6 +285,7 @@ func TestMaxClientConn(t *testing.T) {
 }
 
 func TestQueryWaitTimeout(t *testing.T) {
+	sessionOnly(t)
 	g := startGateway(t, func(c *gateway.Config) {
 		c.PoolSize = 1
 		c.QueryWaitTimeout = 300 * time.Millisecond
@@ -409,6 +411,7 @@ func TestManyClientsOnASmallPool(t *testing.T) {
 }
 
 func TestSessionStateIsResetBetweenClients(t *testing.T) {
+	sessionOnly(t)
 	g := startGateway(t, func(c *gateway.Config) { c.PoolSize = 1 })
 	ctx := ctxT(t)
 	first := g.connect(t)
@@ -431,6 +434,7 @@ func TestSessionStateIsResetBetweenClients(t *testing.T) {
 }
 
 func TestTerminatedBackend(t *testing.T) {
+	sessionOnly(t)
 	g := startGateway(t, func(c *gateway.Config) { c.PoolSize = 2 })
 	ctx := ctxT(t)
 	victim := g.connect(t)

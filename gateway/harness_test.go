@@ -54,6 +54,9 @@ func startGateway(t testing.TB, mutate func(*gateway.Config)) *gw {
 	cfg.PoolSize = defaultTestPoolSize
 	cfg.MaxClientConn = defaultTestClientLimit
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if mode := os.Getenv("ASYNCGATE_TEST_POOL_MODE"); mode != "" {
+		cfg.PoolMode = mode // the whole suite again under another pool mode (make test does)
+	}
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -154,3 +157,10 @@ func ctxT(t testing.TB) context.Context {
 }
 
 func md5sum(s string) [16]byte { return md5.Sum([]byte(s)) }
+
+// sessionOnly skips a test that is about session pooling when the suite runs in another mode.
+func sessionOnly(t *testing.T) {
+	if mode := os.Getenv("ASYNCGATE_TEST_POOL_MODE"); mode != "" && mode != "session" {
+		t.Skipf("holds a backend across transactions: session pooling only, suite runs in %s mode", mode)
+	}
+}

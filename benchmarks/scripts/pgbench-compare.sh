@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# pgbench through asyncgate, PgBouncer and directly, against one throwaway cluster, in
-# interleaved rounds; prints tps per target and the ratios. Usage:
-#   benchmarks/scripts/pgbench-compare.sh [-c clients] [-T seconds] [-r rounds] [-M simple|prepared] [-P poolsize] [-s scale]
+# pgbench -S through asyncgate, PgBouncer and directly, against one throwaway cluster, for a
+# matrix of protocols and client counts, targets interleaved per cell. Prints a markdown table
+# with tps, the ratios, and the CPU microseconds per transaction of the two gateway processes.
+#   benchmarks/scripts/pgbench-compare.sh [-m session|transaction] [-P poolsize] [-T seconds]
+#       [-c "10 100 400"] [-M "simple extended prepared"] [-s scale]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-clients=50 duration=20 rounds=1 mode=simple poolsize=60 scale=10
-while getopts "c:T:r:M:P:s:" o; do
+poolmode=session poolsize=60 duration=20 clientlist=50 protolist=simple scale=10
+while getopts "m:P:T:c:M:s:" o; do
 	case $o in
-	c) clients=$OPTARG ;; T) duration=$OPTARG ;; r) rounds=$OPTARG ;;
-	M) mode=$OPTARG ;; P) poolsize=$OPTARG ;; s) scale=$OPTARG ;;
+	m) poolmode=$OPTARG ;; P) poolsize=$OPTARG ;; T) duration=$OPTARG ;;
+	c) clientlist=$OPTARG ;; M) protolist=$OPTARG ;; s) scale=$OPTARG ;;
 	*) exit 2 ;;
 	esac
 done
 
 command -v pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer; }
-command -v pgbench >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql-contrib; }
+command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc; }
 go build -o bin/asyncgate ./cmd/asyncgate
 go build -o bin/pgcluster ./internal/pgtest/cmd/pgcluster
 
@@ -23,33 +25,33 @@ work=$(mktemp -d /tmp/pgbench-compare.XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
+	exec 9>&- 2>/dev/null || true
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
 
-# Cluster: kept alive by an open stdin.
+# The cluster lives while its stdin (a FIFO we hold open) is open.
 mkfifo "$work/cluster.in"
-bin/pgcluster -max-connections 300 <"$work/cluster.in" >"$work/cluster.out" &
+bin/pgcluster -max-connections 600 <"$work/cluster.in" >"$work/cluster.out" &
 pids+=($!)
 exec 9>"$work/cluster.in"
 for _ in $(seq 1 120); do grep -q '^ready' "$work/cluster.out" 2>/dev/null && break; sleep 0.5; done
 grep -q '^ready' "$work/cluster.out" || { echo "cluster did not start"; cat "$work/cluster.out"; exit 1; }
 pgport=$(awk '/^primary/ {split($2, a, ":"); print a[2]}' "$work/cluster.out")
-echo "primary on port $pgport"
-
 pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
 
-# Both gateways: session mode, same pool size, same scram-sha-256 client auth.
+# Both gateways: same pool mode and size, same scram-sha-256 client auth.
 printf '"app" "app"\n' >"$work/userlist.txt"
 chmod 644 "$work/userlist.txt"
 agport=16500 bport=16501
 bin/asyncgate --listen 127.0.0.1:$agport --database "postgres=postgres://postgres@127.0.0.1:$pgport/postgres?sslmode=disable" \
-	--auth-file "$work/userlist.txt" --pool-mode session --default-pool-size "$poolsize" --max-client-conn 1000 \
+	--auth-file "$work/userlist.txt" --pool-mode "$poolmode" --default-pool-size "$poolsize" --max-client-conn 2000 \
 	--log-level warn &
-pids+=($!)
 agpid=$!
+pids+=($agpid)
 cat >"$work/pgbouncer.ini" <<INI
 [databases]
 postgres = host=127.0.0.1 port=$pgport dbname=postgres user=postgres
@@ -59,36 +61,55 @@ listen_port = $bport
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = $work/userlist.txt
-pool_mode = session
+pool_mode = $poolmode
 default_pool_size = $poolsize
-max_client_conn = 1000
+max_client_conn = 2000
 logfile = $work/pgbouncer.log
 pidfile = $work/pgbouncer.pid
 INI
 chown -R postgres "$work"
 runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" &
 pids+=($!)
-bpid=$!
+for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.2; done
+bpid=$(cat "$work/pgbouncer.pid")
 for port in $agport $bport; do
 	for _ in $(seq 1 50); do PGPASSWORD=app psql -h 127.0.0.1 -p $port -U app -d postgres -Atc 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
 done
 
-declare -A tps
-run() { # name port user
-	local out
-	out=$(PGPASSWORD=app pgbench -n -S -M "$mode" -c "$clients" -j 2 -T "$duration" -h 127.0.0.1 -p "$2" -U "$3" postgres 2>&1)
-	local t
-	t=$(echo "$out" | awk '/^tps = / {print $3; exit}')
-	echo "$1 round: tps=$t"
-	tps[$1]=$(echo "${tps[$1]:-0} + $t" | bc -l)
+cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run NAME PORT USER PROTO CLIENTS PID → "tps cpu_us_per_txn" (cpu "-" without a pid, tps "fail" on errors)
+run() {
+	local before=0 after out txns tps
+	[ -n "$6" ] && before=$(cputicks "$6")
+	out=$(PGPASSWORD=app pgbench -n -S -M "$4" -c "$5" -j 2 -T "$duration" -h 127.0.0.1 -p "$2" -U "$3" postgres 2>&1) || true
+	tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
+	txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF; exit}')
+	if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ] || echo "$out" | grep -q 'number of failed transactions: [1-9]\|aborted'; then
+		echo "fail -"
+		echo "$out" | grep -m2 -i 'error\|fatal' >&2 || true
+		return
+	fi
+	if [ -n "$6" ]; then
+		after=$(cputicks "$6")
+		echo "$tps $(echo "($after - $before) * 10000 / $txns" | bc -l)"
+	else
+		echo "$tps -"
+	fi
 }
-for r in $(seq 1 "$rounds"); do
-	run direct "$pgport" postgres
-	run pgbouncer "$bport" app
-	run asyncgate "$agport" app
-done
+
+fmt() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.1f' "$1"; }
+ratio() { { [ "$1" = fail ] || [ "$2" = fail ]; } && echo "-" || printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
+
+echo "## pgbench -S, $poolmode pool mode, pool $poolsize, -T $duration, -j 2, scram-sha-256 clients"
 echo
-echo "pgbench -S -M $mode -c $clients -j 2 -T $duration, $rounds round(s), pool $poolsize, session mode"
-for n in direct pgbouncer asyncgate; do printf '%-10s tps %10.1f\n' "$n" "$(echo "${tps[$n]} / $rounds" | bc -l)"; done
-printf 'asyncgate/direct    %.3f\n' "$(echo "${tps[asyncgate]} / ${tps[direct]}" | bc -l)"
-printf 'asyncgate/pgbouncer %.3f\n' "$(echo "${tps[asyncgate]} / ${tps[pgbouncer]}" | bc -l)"
+echo "| protocol | clients | direct tps | PgBouncer tps | asyncgate tps | asyncgate/direct | asyncgate/PgBouncer | PgBouncer CPU µs/txn | asyncgate CPU µs/txn |"
+echo "|---|---|---|---|---|---|---|---|---|"
+for proto in $protolist; do
+	for c in $clientlist; do
+		read -r dt _ < <(run direct "$pgport" postgres "$proto" "$c" "")
+		read -r bt bcpu < <(run pgbouncer "$bport" app "$proto" "$c" "$bpid")
+		read -r at acpu < <(run asyncgate "$agport" app "$proto" "$c" "$agpid")
+		echo "| $proto | $c | $(fmt "$dt") | $(fmt "$bt") | $(fmt "$at") | $(ratio "$at" "$dt") | $(ratio "$at" "$bt") | $(fmt "$bcpu") | $(fmt "$acpu") |"
+	done
+done
