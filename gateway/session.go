@@ -139,6 +139,9 @@ func (s *session) OnData(b []byte) {
 		s.fatal("08P01", err.Error())
 		return
 	}
+	if s.be != nil {
+		s.be.Flush() // never blocks: what the socket does not take goes to the backend's writer
+	}
 	s.throttle()
 }
 
@@ -394,6 +397,10 @@ func (s *session) clientMessage(f *wire.Frame) {
 		s.state = stClosed
 		s.io.Close()
 		return
+	}
+	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && f.First {
+		s.disarm()
+		s.acquire() // often answered at once, and then f goes straight through
 	}
 	if s.be == nil || s.state != stLinked || len(s.queued) > 0 {
 		s.queue(f)

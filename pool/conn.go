@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/asyncgate/asyncgate/wire"
 )
@@ -46,6 +49,7 @@ type Conn struct {
 	stmts *stmtCache
 
 	out      wire.Outbox
+	raw      syscall.RawConn // the socket, for non-blocking writes; nil under TLS
 	kick     chan struct{} // wakes the writer
 	gone     chan struct{} // closed when the connection broke
 	created  time.Time
@@ -78,10 +82,40 @@ func (c *Conn) Flush() {
 	if c.out.Buffered() == 0 {
 		return
 	}
+	if c.raw != nil {
+		// Most flushes fit in the socket buffer: write them here and spare the writer
+		// goroutine's wake-up; only what does not fit waits for it.
+		if empty, err := c.out.TryFlush(c.writeNow); empty || err != nil {
+			if err != nil {
+				c.nc.Close()
+			}
+			return
+		}
+	}
 	select {
 	case c.kick <- struct{}{}:
 	default: // the writer is awake already and will see the new bytes
 	}
+}
+
+// writeNow writes without blocking: what the socket does not take now is left for the writer.
+func (c *Conn) writeNow(b []byte) (int, error) {
+	var n int
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		n, werr = unix.Write(int(fd), b)
+		return true // one attempt: never wait for the socket here
+	})
+	if werr == unix.EAGAIN || werr == unix.EINTR {
+		return 0, nil
+	}
+	if n < 0 {
+		n = 0
+	}
+	if err == nil {
+		err = werr
+	}
+	return n, err
 }
 
 // Buffered reports how many bytes wait for the backend. A lender that keeps it over its bound

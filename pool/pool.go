@@ -423,6 +423,11 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		kick:      make(chan struct{}, 1),
 		gone:      make(chan struct{}),
 	}
+	if tc, ok := hc.Conn.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			c.raw = raw
+		}
+	}
 	return c, nil
 }
 

@@ -77,6 +77,48 @@ func (o *Outbox) Flush(w io.Writer) error {
 	}
 }
 
+// TryFlush writes what is queued with one call to write, which must not block (a non-blocking
+// socket write). It reports whether the queue is now empty; if not, the caller leaves the rest
+// to a Flush on a goroutine that may block. Nothing is written while another flush runs.
+func (o *Outbox) TryFlush(write func([]byte) (int, error)) (empty bool, err error) {
+	o.mu.Lock()
+	if o.err != nil || o.writing {
+		defer o.mu.Unlock()
+		return false, o.err
+	}
+	if len(o.buf) == 0 {
+		o.mu.Unlock()
+		return true, nil
+	}
+	buf := o.buf
+	o.buf = nil
+	o.writing = true
+	o.mu.Unlock()
+	n, err := write(buf)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.writing = false
+	if o.cond.L != nil {
+		o.cond.Broadcast()
+	}
+	if err != nil {
+		o.fail(err)
+		return false, err
+	}
+	if n < len(buf) {
+		// Put the rest back in front of whatever producers queued meanwhile.
+		rest := append(buf[:0], buf[n:]...)
+		o.buf = append(rest, o.buf...)
+		return false, nil
+	}
+	if len(o.buf) == 0 {
+		o.buf = buf[:0]
+		return true, nil
+	}
+	putOut(buf)
+	return false, nil
+}
+
 // Fail marks the stream broken: queued bytes are dropped and waiting producers released.
 func (o *Outbox) Fail(err error) {
 	o.mu.Lock()

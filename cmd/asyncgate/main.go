@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -70,6 +71,8 @@ func run(args []string) error {
 	fs.IntVar(&cfg.MaxPacketSize, "max-packet-size", cfg.MaxPacketSize, "largest protocol message a client may send, in bytes")
 	fs.IntVar(&cfg.MaxOutput, "max-client-output", cfg.MaxOutput, "bytes buffered for a slow client before its backend is throttled")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	var cpuProfile string
+	fs.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile to `FILE` until shutdown (for performance work)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -91,6 +94,17 @@ func run(args []string) error {
 	srv, err := gateway.New(cfg)
 	if err != nil {
 		return err
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("--cpu-profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
