@@ -50,8 +50,8 @@ type Conn struct {
 
 	out      wire.Outbox
 	raw      syscall.RawConn // the socket, for non-blocking writes; nil under TLS
-	kick     chan struct{} // wakes the writer
-	gone     chan struct{} // closed when the connection broke
+	kick     chan struct{}   // wakes the writer
+	gone     chan struct{}   // closed when the connection broke
 	created  time.Time
 	lastUsed time.Time // guarded by pool.mu
 

@@ -68,7 +68,7 @@ logfile = $work/pgbouncer.log
 pidfile = $work/pgbouncer.pid
 INI
 chown -R postgres "$work"
-runuser -u postgres -- pgbouncer "$work/pgbouncer.ini" &
+runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" &
 pids+=($!)
 for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.2; done
 bpid=$(cat "$work/pgbouncer.pid")
