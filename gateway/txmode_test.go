@@ -516,3 +516,40 @@ func TestClientLoginTimeout(t *testing.T) {
 		t.Fatalf("login timeout of 300ms took %s", took)
 	}
 }
+
+// pool_mode in a database's DSN and --user-pool-mode pick the mode per database and per user.
+func TestPoolModePerDatabaseAndUser(t *testing.T) {
+	g := startGateway(t, func(c *gateway.Config) {
+		c.PoolMode = "session"
+		c.AuthType = auth.Trust
+		c.QueryWaitTimeout = 500 * time.Millisecond
+		c.Databases["txdb"] = backend.DSN("postgres", "postgres") + "&pool_mode=transaction&pool_size=1"
+		c.UserPoolMode = map[string]string{"txuser": "transaction"}
+	})
+	ctx := ctxT(t)
+	// Two clients on a pool of one: only possible when the backend goes back between transactions.
+	for _, target := range []struct{ user, db string }{{appUser, "txdb"}, {"txuser", testDatabase}} {
+		var conns []*pgx.Conn
+		for range 2 {
+			conn, err := g.connectAs(target.user, "", target.db)
+			if err != nil {
+				t.Fatalf("%s@%s: %v", target.user, target.db, err)
+			}
+			defer conn.Close(ctx)
+			conns = append(conns, conn)
+		}
+		for _, c := range conns {
+			if err := c.Ping(ctx); err != nil {
+				t.Fatalf("%s@%s: %v", target.user, target.db, err)
+			}
+		}
+	}
+	// The default stays session: a second client on a pool of one waits, then times out.
+	g2 := startGateway(t, func(c *gateway.Config) {
+		c.PoolMode, c.PoolSize, c.AuthType, c.QueryWaitTimeout = "session", 1, auth.Trust, 300*time.Millisecond
+	})
+	g2.connect(t)
+	if _, err := g2.connectAs(appUser, "", testDatabase); pgCode(err) != "57014" {
+		t.Fatalf("session mode let a second client share a pool of one: %v", err)
+	}
+}
