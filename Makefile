@@ -31,3 +31,15 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# asyncgate against PgBouncer and direct PostgreSQL on a throwaway cluster (benchmarks/suite);
+# writes benchmarks/results/DATE-HOST[-quick].md with JSON and plots. Not part of test or CI:
+# `make bench` takes 5–8 minutes, `make bench-quick` under 2. Needs root (installs PgBouncer
+# when missing, runs it as the postgres user).
+.PHONY: bench bench-quick
+bench bench-quick:
+	$(GO) build -o bin/asyncgate ./cmd/asyncgate
+	$(GO) build -o bin/asyncgate-bench ./cmd/asyncgate-bench
+	$(GO) build -o bin/pgcluster ./internal/pgtest/cmd/pgcluster
+	$(GO) build -o bin/bench-suite ./benchmarks/suite
+	./bin/bench-suite $(if $(filter bench-quick,$@),-quick)

@@ -1,0 +1,225 @@
+// Command bench-suite runs the standard benchmarks of asyncgate against PgBouncer and direct
+// PostgreSQL on a throwaway cluster, and writes benchmarks/results/DATE-HOST.md with the JSON
+// results and plots of asyncgate-bench next to it. It is what `make bench` and `make bench-quick`
+// run, after building bin/asyncgate, bin/asyncgate-bench and bin/pgcluster:
+//
+//	bench-suite [-quick] [-bin bin] [-results benchmarks/results] [-name BASE]
+//
+// Every process it starts (cluster, gateways, load tool) is stopped when it ends, fails or gets
+// SIGINT/SIGTERM; if the suite itself is killed they get SIGTERM from the kernel (parent-death
+// signal), and the cluster also stops when its stdin pipe closes.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// profile sets the durations of a run; the cases are the same in both.
+type profile struct {
+	Name        string
+	Duration    time.Duration // measured time per target (asyncgate-bench -T)
+	Rounds      int
+	IdleClients int
+	Scale       int
+}
+
+var (
+	fullProfile  = profile{Name: "full", Duration: 20 * time.Second, Rounds: 4, IdleClients: 10000, Scale: 10}
+	quickProfile = profile{Name: "quick", Duration: 4 * time.Second, Rounds: 2, IdleClients: 2000, Scale: 10}
+)
+
+// benchCase is one of the standard cases. Both gateways get the same pool mode and size.
+type benchCase struct {
+	Slug     string // part of the results file names
+	Title    string
+	Note     string
+	PoolMode string
+	PoolSize int
+	Bench    []string // workload flags of asyncgate-bench
+	Direct   bool     // also measure PostgreSQL without a gateway
+	Idle     bool     // idle-clients case instead of a load run
+}
+
+// maxConnections lets direct PostgreSQL take case 3's 400 clients next to both gateways' pools.
+const maxConnections = 500
+
+var cases = []benchCase{
+	{
+		Slug: "1-latency", Title: "1. Latency overhead: select-only, 1 client, simple protocol",
+		Note:     "One client, so the latency is the round trip through the gateway; tps is 1/latency.",
+		PoolMode: "session", PoolSize: 60, Direct: true,
+		Bench: []string{"-S", "-M", "simple", "-c", "1"},
+	},
+	{
+		Slug: "2-select-50-simple", Title: "2a. Select-only, 50 clients, simple protocol (session pool 60)",
+		PoolMode: "session", PoolSize: 60, Direct: true,
+		Bench: []string{"-S", "-M", "simple", "-c", "50"},
+	},
+	{
+		Slug: "2-select-50-prepared", Title: "2b. Select-only, 50 clients, prepared statements (session pool 60)",
+		Note:     "Session mode: PgBouncer 1.18 does not support protocol-level prepared statements in transaction mode.",
+		PoolMode: "session", PoolSize: 60, Direct: true,
+		Bench: []string{"-S", "-M", "prepared", "-c", "50"},
+	},
+	{
+		Slug: "3-clients-over-pool", Title: "3. Clients ≫ pool: select-only, 400 clients on a pool of 20 (transaction mode)",
+		Note: fmt.Sprintf("Direct runs 400 PostgreSQL backends (the cluster has max_connections %d); "+
+			"the gateways multiplex the 400 clients onto 20 server connections.", maxConnections),
+		PoolMode: "transaction", PoolSize: 20, Direct: true,
+		Bench: []string{"-S", "-M", "simple", "-c", "400"},
+	},
+	{
+		Slug: "4-idle", Title: "4. Idle clients: RSS per connected idle client (transaction mode)",
+		Note: "Transaction mode, so idle clients hold no server connection; each gateway is measured alone " +
+			"on a fresh process: RSS after the clients connected and it settled, minus RSS before, per client. " +
+			"Direct PostgreSQL is left out (one backend process per client).",
+		PoolMode: "transaction", PoolSize: 20, Idle: true,
+	},
+}
+
+func main() {
+	var opts options
+	flag.BoolVar(&opts.Quick, "quick", false, "short durations and fewer idle clients (make bench-quick)")
+	flag.StringVar(&opts.Bin, "bin", "bin", "directory with asyncgate, asyncgate-bench and pgcluster")
+	flag.StringVar(&opts.Results, "results", "benchmarks/results", "directory for the results")
+	flag.StringVar(&opts.Name, "name", "", "base name of the results files (default DATE-HOST, DATE-HOST-quick with -quick)")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "bench-suite: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-suite:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	Quick   bool
+	Bin     string
+	Results string
+	Name    string
+}
+
+func run(ctx context.Context, opts options) (err error) {
+	start := time.Now()
+	prof := fullProfile
+	if opts.Quick {
+		prof = quickProfile
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "unknown"
+	}
+	base := opts.Name
+	if base == "" {
+		base = start.Format("2006-01-02") + "-" + host
+		if opts.Quick {
+			base += "-quick"
+		}
+	}
+	if err := os.MkdirAll(opts.Results, 0o755); err != nil {
+		return fmt.Errorf("results dir: %w", err)
+	}
+
+	s := &suite{prof: prof, bin: opts.Bin, results: opts.Results, base: base, host: host, started: start}
+	if err := s.checkBinaries(); err != nil {
+		return err
+	}
+	if s.pgbouncer, err = ensurePgBouncer(ctx); err != nil {
+		return err
+	}
+	if s.fdLimit, err = raiseFileLimit(); err != nil {
+		return err
+	}
+	if s.work, err = os.MkdirTemp("", "bench-suite-"); err != nil {
+		return fmt.Errorf("work dir: %w", err)
+	}
+	defer os.RemoveAll(s.work)
+	// PgBouncer runs as the postgres user and reads its ini and userlist from here.
+	if err := os.Chmod(s.work, 0o755); err != nil {
+		return fmt.Errorf("work dir: %w", err)
+	}
+	if err := s.writeUserlist(); err != nil {
+		return err
+	}
+	s.loadStart = loadAvg()
+
+	logf("starting the cluster (primary and one replica)")
+	cl, err := s.startCluster(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if stopErr := cl.stop(); stopErr != nil && err == nil {
+			err = stopErr
+		}
+	}()
+	s.cluster = cl
+
+	logf("initializing pgbench tables, scale %d", prof.Scale)
+	if err := s.initTables(ctx); err != nil {
+		return err
+	}
+	s.collectEnv(ctx)
+
+	var failed []string
+	for i, c := range cases {
+		if ctx.Err() != nil {
+			break
+		}
+		logf("case %d/%d: %s", i+1, len(cases), c.Title)
+		res := s.runCase(ctx, c)
+		s.cases = append(s.cases, res)
+		if res.Err != nil {
+			failed = append(failed, c.Slug)
+			logf("case %s failed: %v", c.Slug, res.Err)
+		}
+	}
+	s.loadEnd = loadAvg()
+	s.wall = time.Since(start)
+	s.interrupted = ctx.Err() != nil
+
+	md := filepath.Join(s.results, s.base+".md")
+	if werr := os.WriteFile(md, []byte(s.markdown()), 0o644); werr != nil {
+		return fmt.Errorf("write %s: %w", md, werr)
+	}
+	logf("wrote %s (suite wall time %s)", md, s.wall.Round(time.Second))
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	case len(failed) > 0:
+		return fmt.Errorf("failed cases: %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+func (s *suite) checkBinaries() error {
+	var missing []string
+	for _, b := range []string{"asyncgate", "asyncgate-bench", "pgcluster"} {
+		if _, err := os.Stat(filepath.Join(s.bin, b)); err != nil {
+			missing = append(missing, filepath.Join(s.bin, b))
+		}
+	}
+	if len(missing) > 0 {
+		return errors.New("missing " + strings.Join(missing, ", ") + " (make bench builds them)")
+	}
+	return nil
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench-suite: "+format+"\n", args...)
+}
