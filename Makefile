@@ -19,6 +19,7 @@ vet:
 
 unit:
 	$(GO) test -race -count=1 -timeout 15m ./...
+	ASYNCGATE_TEST_LOOP_DRIVER=goroutine $(GO) test -race -count=1 -timeout 10m ./gateway
 	ASYNCGATE_TEST_POOL_MODE=transaction $(GO) test -race -count=1 -timeout 10m ./gateway
 
 # A short run of every fuzz target; `make fuzz FUZZTIME=10m` for a real session.

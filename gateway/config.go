@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/asyncgate/asyncgate/gateway/auth"
@@ -43,6 +44,9 @@ type Config struct {
 	TLSCert, TLSKey string
 	ClientTLSMode   string // disable | allow | require
 
+	LoopDriver string // epoll | goroutine
+	Loops      int    // epoll loops (0: GOMAXPROCS)
+
 	MaxPacketSize int // bound on any client message
 	MaxOutput     int // bytes buffered for a slow client before the backend is throttled
 
@@ -53,6 +57,7 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Listen:               "127.0.0.1:6432",
+		LoopDriver:           defaultLoopDriver,
 		Databases:            map[string]string{},
 		AuthType:             auth.SCRAMSHA256,
 		PoolMode:             "session",
@@ -135,3 +140,11 @@ func parsePoolMode(s string) (poolMode, error) {
 func (m poolMode) String() string {
 	return [...]string{"session", "transaction", "statement"}[m]
 }
+
+// defaultLoopDriver is epoll where there is epoll.
+var defaultLoopDriver = func() string {
+	if runtime.GOOS == "linux" {
+		return "epoll"
+	}
+	return "goroutine"
+}()

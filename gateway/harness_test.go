@@ -54,6 +54,9 @@ func startGateway(t testing.TB, mutate func(*gateway.Config)) *gw {
 	cfg.PoolSize = defaultTestPoolSize
 	cfg.MaxClientConn = defaultTestClientLimit
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	if driver := os.Getenv("ASYNCGATE_TEST_LOOP_DRIVER"); driver != "" {
+		cfg.LoopDriver = driver // the whole suite under each driver (make test does)
+	}
 	if mode := os.Getenv("ASYNCGATE_TEST_POOL_MODE"); mode != "" {
 		cfg.PoolMode = mode // the whole suite again under another pool mode (make test does)
 	}

@@ -65,8 +65,12 @@ func New(cfg Config) (*Server, error) {
 		dbs:     make(map[string]*database),
 		pools:   make(map[poolKey]*pool.Pool),
 		cancels: make(map[cancelKey]*session),
-		driver:  loop.NewGoroutines(loop.Config{MaxOutput: cfg.MaxOutput}),
 	}
+	driver, err := loop.New(cfg.LoopDriver, loop.Config{MaxOutput: cfg.MaxOutput, Loops: cfg.Loops})
+	if err != nil {
+		return nil, fmt.Errorf("--loop-driver: %w", err)
+	}
+	s.driver = driver
 	if err := s.ReloadUsers(); err != nil {
 		return nil, err
 	}

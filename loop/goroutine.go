@@ -54,15 +54,54 @@ func (d *Goroutines) Serve(ln net.Listener, accept func(Conn) Handler) error {
 			return err
 		}
 		delay = 0
-		c := &gconn{drv: d, nc: nc, rd: nc, w: nc, done: make(chan struct{})}
-		c.out.Max = d.cfg.MaxOutput
-		if !d.track(c) {
-			nc.Close()
+		if !d.serveConn(nc, accept) {
 			return nil
 		}
-		c.h = accept(c)
-		go c.run()
 	}
+}
+
+// serveConn serves an accepted connection; false (with nc closed) after Shutdown.
+func (d *Goroutines) serveConn(nc net.Conn, accept func(Conn) Handler) bool {
+	c := d.newConn(nc)
+	if !d.track(c) {
+		nc.Close()
+		return false
+	}
+	c.h = accept(c)
+	go c.run()
+	return true
+}
+
+func (d *Goroutines) newConn(nc net.Conn) *gconn {
+	c := &gconn{drv: d, nc: nc, rd: nc, w: nc, done: make(chan struct{})}
+	c.out.Max = d.cfg.MaxOutput
+	return c
+}
+
+// adopt prepares a connection that another driver hands over with its Handler already running,
+// e.g. to do TLS, which needs a net.Conn. When tlsCfg is set the handshake comes first; paused
+// carries over PauseReads. The caller publishes the result, then calls start.
+func (d *Goroutines) adopt(nc net.Conn, h Handler, tlsCfg *tls.Config, paused bool) *gconn {
+	c := d.newConn(nc)
+	c.h = h
+	c.tlsCfg = tlsCfg
+	if paused {
+		c.resume = make(chan struct{})
+	}
+	return c
+}
+
+// start runs an adopted connection. After Shutdown it reports false and marks c closed, so Exec
+// refuses it; the caller still owns nc.
+func (d *Goroutines) start(c *gconn) bool {
+	if !d.track(c) {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		return false
+	}
+	go c.run()
+	return true
 }
 
 func (d *Goroutines) track(c *gconn) bool {
@@ -213,6 +252,11 @@ func (c *gconn) run() {
 }
 
 func (c *gconn) serve() error {
+	if cfg := c.takeTLS(); cfg != nil { // adopted with a handshake to do
+		if err := c.handshake(cfg); err != nil {
+			return err
+		}
+	}
 	for {
 		if err := c.waitResumed(); err != nil {
 			return err
@@ -225,6 +269,17 @@ func (c *gconn) serve() error {
 				return err
 			}
 			if n > 0 {
+				if err := c.afterEvent(); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if c.rd == c.nc {
+			if rc := c.rawConn(); rc != nil {
+				if err := c.readRaw(rc); err != nil {
+					return err
+				}
 				if err := c.afterEvent(); err != nil {
 					return err
 				}
@@ -305,6 +360,58 @@ func (c *gconn) handshake(cfg *tls.Config) error {
 	c.tlsConn = tc
 	c.w = tc
 	c.omu.Unlock()
+	return nil
+}
+
+func (c *gconn) rawConn() syscall.RawConn {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// readRaw waits for the plaintext socket to be readable and reads in the same step: the
+// buffer is leased only once a read has found bytes, so a parked client holds none, and a
+// request costs one read instead of a probe and a read.
+func (c *gconn) readRaw(rc syscall.RawConn) error {
+	var bp *[]byte
+	var n int
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		bp = wire.GetBuffer(readSize)
+		for {
+			n, rerr = unix.Read(int(fd), *bp)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			wire.PutBuffer(bp)
+			bp = nil
+			return false // wait for readiness, holding nothing
+		}
+		return true
+	})
+	if bp != nil {
+		defer wire.PutBuffer(bp)
+	}
+	if err != nil {
+		return err
+	}
+	if rerr != nil {
+		return rerr
+	}
+	if n <= 0 {
+		return io.EOF
+	}
+	c.mu.Lock()
+	c.h.OnData((*bp)[:n])
+	c.mu.Unlock()
 	return nil
 }
 

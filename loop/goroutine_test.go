@@ -38,8 +38,25 @@ func (e *echo) OnData(b []byte) {
 func (e *echo) OnClose(error) {}
 func (e *echo) Flush()        {}
 
-func serveEcho(t *testing.T, cfg *tls.Config) (addr string, stop func()) {
-	d := NewGoroutines(Config{})
+// driverKinds are the drivers every test runs against (epoll_linux_test.go adds "epoll").
+var driverKinds = []string{"goroutine"}
+
+func forEachDriver(t *testing.T, test func(t *testing.T, kind string)) {
+	for _, kind := range driverKinds {
+		t.Run(kind, func(t *testing.T) { test(t, kind) })
+	}
+}
+
+func newDriver(t testing.TB, kind string, cfg Config) Driver {
+	d, err := New(kind, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// serve runs d on a fresh loopback listener; stop closes the listener and shuts d down.
+func serve(t testing.TB, d Driver, accept func(Conn) Handler) (addr string, stop func()) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +64,9 @@ func serveEcho(t *testing.T, cfg *tls.Config) (addr string, stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		d.Serve(ln, func(c Conn) Handler { return &echo{c: c, cfg: cfg} })
+		if err := d.Serve(ln, accept); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
 	}()
 	return ln.Addr().String(), func() {
 		ln.Close()
@@ -56,17 +75,25 @@ func serveEcho(t *testing.T, cfg *tls.Config) (addr string, stop func()) {
 	}
 }
 
+func serveEcho(t testing.TB, kind string, cfg *tls.Config) (addr string, stop func()) {
+	return serve(t, newDriver(t, kind, Config{}), func(c Conn) Handler { return &echo{c: c, cfg: cfg} })
+}
+
 // Bursts of small writes on many connections must all be echoed: a parked connection that
 // misses a wake-up, or TLS bytes stranded inside crypto/tls, would hang here.
 func TestEchoManyConnectionsNoLostWakeups(t *testing.T) {
 	defer goleak.VerifyNone(t)
+	forEachDriver(t, testEchoManyConnections)
+}
+
+func testEchoManyConnections(t *testing.T, kind string) {
 	for _, useTLS := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {
 			var srvCfg *tls.Config
 			if useTLS {
 				srvCfg = selfSigned(t)
 			}
-			addr, stop := serveEcho(t, srvCfg)
+			addr, stop := serveEcho(t, kind, srvCfg)
 			defer stop()
 			const conns, rounds = 100, 20
 			var wg sync.WaitGroup
@@ -130,15 +157,16 @@ func echoClient(addr string, useTLS bool, id, rounds int) error {
 // Output beyond MaxOutput makes Exec wait for the client to read, instead of buffering without
 // bound.
 func TestExecBlocksOnSlowClient(t *testing.T) {
-	d := NewGoroutines(Config{MaxOutput: 64 << 10})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer goleak.VerifyNone(t)
+	forEachDriver(t, testExecBlocksOnSlowClient)
+}
+
+func testExecBlocksOnSlowClient(t *testing.T, kind string) {
 	conns := make(chan Conn, 1)
-	go d.Serve(ln, func(c Conn) Handler { conns <- c; return &echo{c: c} })
-	defer func() { ln.Close(); d.Shutdown() }()
-	nc, err := net.Dial("tcp", addrOf(ln))
+	addr, stop := serve(t, newDriver(t, kind, Config{MaxOutput: 64 << 10}),
+		func(c Conn) Handler { conns <- c; return &echo{c: c} })
+	defer stop()
+	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,13 +208,17 @@ func TestExecBlocksOnSlowClient(t *testing.T) {
 		t.Fatalf("producer finished without the client reading")
 	}
 	// Reading unblocks it.
-	go io.Copy(io.Discard, nc)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		io.Copy(io.Discard, nc)
+	}()
 	sent.Wait()
+	nc.Close()
+	<-copied
 }
 
-func addrOf(ln net.Listener) string { return ln.Addr().String() }
-
-func selfSigned(t *testing.T) *tls.Config {
+func selfSigned(t testing.TB) *tls.Config {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

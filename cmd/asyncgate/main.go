@@ -19,6 +19,7 @@ import (
 
 	"github.com/asyncgate/asyncgate/gateway"
 	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/loop"
 )
 
 func main() {
@@ -68,6 +69,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate offered to clients")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&cfg.ClientTLSMode, "client-tls-mode", cfg.ClientTLSMode, "client TLS: disable, allow (when a client asks) or require")
+	fs.StringVar(&cfg.LoopDriver, "loop-driver", cfg.LoopDriver, "how client sockets are served: epoll (event loops, Linux) or goroutine (one per client)")
+	fs.IntVar(&cfg.Loops, "loops", 0, "event loops of the epoll driver (0: one per core)")
 	fs.IntVar(&cfg.MaxPacketSize, "max-packet-size", cfg.MaxPacketSize, "largest protocol message a client may send, in bytes")
 	fs.IntVar(&cfg.MaxOutput, "max-client-output", cfg.MaxOutput, "bytes buffered for a slow client before its backend is throttled")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -91,6 +94,11 @@ func run(args []string) error {
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	if limit, err := loop.RaiseFileLimit(); err != nil {
+		cfg.Log.Warn("could not raise the open files limit", "err", err)
+	} else {
+		cfg.Log.Debug("open files limit", "limit", limit)
+	}
 	srv, err := gateway.New(cfg)
 	if err != nil {
 		return err
