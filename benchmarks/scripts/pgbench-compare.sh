@@ -3,15 +3,15 @@
 # matrix of protocols and client counts, targets interleaved per cell. Prints a markdown table
 # with tps, the ratios, and the CPU microseconds per transaction of the two gateway processes.
 #   benchmarks/scripts/pgbench-compare.sh [-m session|transaction] [-P poolsize] [-T seconds]
-#       [-c "10 100 400"] [-M "simple extended prepared"] [-s scale]
+#       [-c "10 100 400"] [-M "simple extended prepared"] [-s scale] [-A "extra asyncgate flags"]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-poolmode=session poolsize=60 duration=20 clientlist=50 protolist=simple scale=10
-while getopts "m:P:T:c:M:s:" o; do
+poolmode=session poolsize=60 duration=20 clientlist=50 protolist=simple scale=10 agargs=
+while getopts "m:P:T:c:M:s:A:" o; do
 	case $o in
 	m) poolmode=$OPTARG ;; P) poolsize=$OPTARG ;; T) duration=$OPTARG ;;
-	c) clientlist=$OPTARG ;; M) protolist=$OPTARG ;; s) scale=$OPTARG ;;
+	c) clientlist=$OPTARG ;; M) protolist=$OPTARG ;; s) scale=$OPTARG ;; A) agargs=$OPTARG ;;
 	*) exit 2 ;;
 	esac
 done
@@ -49,7 +49,7 @@ chmod 644 "$work/userlist.txt"
 agport=16500 bport=16501
 bin/asyncgate --listen 127.0.0.1:$agport --database "postgres=postgres://postgres@127.0.0.1:$pgport/postgres?sslmode=disable" \
 	--auth-file "$work/userlist.txt" --pool-mode "$poolmode" --default-pool-size "$poolsize" --max-client-conn 2000 \
-	--log-level warn &
+	--log-level warn $agargs &
 agpid=$!
 pids+=($agpid)
 cat >"$work/pgbouncer.ini" <<INI
@@ -101,7 +101,7 @@ run() {
 fmt() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.1f' "$1"; }
 ratio() { { [ "$1" = fail ] || [ "$2" = fail ]; } && echo "-" || printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
 
-echo "## pgbench -S, $poolmode pool mode, pool $poolsize, -T $duration, -j 2, scram-sha-256 clients"
+echo "## pgbench -S, $poolmode pool mode, pool $poolsize, -T $duration, -j 2, scram-sha-256 clients${agargs:+, asyncgate $agargs}"
 echo
 echo "| protocol | clients | direct tps | PgBouncer tps | asyncgate tps | asyncgate/direct | asyncgate/PgBouncer | PgBouncer CPU µs/txn | asyncgate CPU µs/txn |"
 echo "|---|---|---|---|---|---|---|---|---|"
