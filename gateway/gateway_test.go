@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/asyncgate/asyncgate/gateway"
 	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/wire"
 )
 
 func TestQueriesAndErrorsKeepTheSessionUsable(t *testing.T) {
@@ -347,28 +349,60 @@ func TestCancelRequestReachesTheBackend(t *testing.T) {
 	if err := bystander.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatal(err)
 	}
-	// A forged key is ignored.
-	forged := g.connect(t)
-	_ = forged
-}
-
-func TestClientDisconnectCancelsItsQuery(t *testing.T) {
-	g := startGateway(t, nil)
-	ctx := ctxT(t)
-	conn, err := pgconn.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
+	// A forged key is ignored: the query it names by guess runs to its end.
+	go func() {
+		_, err := conn.Exec(ctx, "SELECT pg_sleep(0.3)")
+		errc <- err
+	}()
+	eventually(t, "short sleep running", func() bool {
+		var n int
+		mon.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.3)' AND state = 'active'").Scan(&n)
+		return n == 1
+	})
+	forged, err := net.Dial("tcp", g.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn.Conn().Write(appendQuery(nil, "SELECT pg_sleep(60) /* abandoned */"))
-	mon := direct(t)
-	running := func() int {
-		var n int
-		mon.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%abandoned%' AND state = 'active' AND pid <> pg_backend_pid()").Scan(&n)
-		return n
+	forged.Write(wire.AppendCancelRequest(nil, conn.PgConn().PID()^1, []byte{1, 2, 3, 4}))
+	forged.Close()
+	if err := <-errc; err != nil {
+		t.Fatalf("a forged cancel key cancelled a query: %v", err)
 	}
-	eventually(t, "abandoned query running", func() bool { return running() == 1 })
-	conn.Conn().Close() // vanish without Terminate
-	eventually(t, "abandoned query cancelled", func() bool { return running() == 0 })
+}
+
+func TestClientDisconnectCancelsItsQuery(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			g := startGateway(t, func(c *gateway.Config) { c.PoolMode = mode })
+			ctx := ctxT(t)
+			conn, err := pgconn.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Conn().Write(appendQuery(nil, "SELECT pg_sleep(60) /* abandoned */"))
+			mon := direct(t)
+			running := func() int {
+				var n int
+				mon.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%abandoned%' AND state = 'active' AND pid <> pg_backend_pid()").Scan(&n)
+				return n
+			}
+			eventually(t, "abandoned query running", func() bool { return running() == 1 })
+			start := time.Now()
+			conn.Conn().Close() // vanish without Terminate
+			eventually(t, "abandoned query cancelled", func() bool { return running() == 0 })
+			if took := time.Since(start); took > time.Second {
+				t.Fatalf("the query outlived its client by %s", took)
+			}
+			eventually(t, "backend back in the pool", func() bool {
+				for _, p := range g.srv.Pools() {
+					if st := p.Stats(); st.Open == 0 || st.Idle != st.Open {
+						return false
+					}
+				}
+				return true
+			})
+		})
+	}
 }
 
 func TestManyClientsOnASmallPool(t *testing.T) {

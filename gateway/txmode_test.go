@@ -412,30 +412,6 @@ func TestClientDisconnectMidTransactionRollsBack(t *testing.T) {
 	}
 }
 
-func TestClientDisconnectMidQueryInTransactionMode(t *testing.T) {
-	g := startGateway(t, transactionMode(2))
-	ctx := ctxT(t)
-	conn, err := pgconn.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn.Conn().Write(appendQuery(nil, "SELECT pg_sleep(60) /* left behind */"))
-	mon := direct(t)
-	running := func() int {
-		var n int
-		mon.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%left behind%' AND state = 'active' AND pid <> pg_backend_pid()").Scan(&n)
-		return n
-	}
-	eventually(t, "query running", func() bool { return running() == 1 })
-	start := time.Now()
-	conn.Conn().Close()
-	eventually(t, "query cancelled", func() bool { return running() == 0 })
-	if took := time.Since(start); took > time.Second {
-		t.Fatalf("the query outlived its client by %s", took)
-	}
-	eventually(t, "backend back in the pool", func() bool { open, idle := totals(g); return open >= 1 && idle == open })
-}
-
 func TestQueryTimeout(t *testing.T) {
 	g := startGateway(t, func(c *gateway.Config) { transactionMode(2)(c); c.QueryTimeout = 200 * time.Millisecond })
 	ctx := ctxT(t)
