@@ -404,6 +404,12 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A slow write during the login starts pgconn's background reader, which may still sit in a
+	// read of the socket: taken over then, it would swallow the first answer meant for a client.
+	if err := pc.SyncConn(ctx); err != nil {
+		pc.Close(ctx)
+		return nil, err
+	}
 	hc, err := pc.Hijack()
 	if err != nil {
 		pc.Close(ctx)
