@@ -96,11 +96,10 @@ func TestEpollExecAcrossLoops(t *testing.T) {
 	waitFor(t, "both connections", func() bool { mu.Lock(); defer mu.Unlock(); return len(peers) == 2 })
 	a.Write([]byte("x"))
 	b.Write([]byte("x"))
-	if got := string(readN(t, a, 6)); got != "from 1" {
-		t.Fatalf("a got %q", got)
-	}
-	if got := string(readN(t, b, 6)); got != "from 0" {
-		t.Fatalf("b got %q", got)
+	// Which connection the driver registered first is its business: each must hear the other.
+	ga, gb := string(readN(t, a, 6)), string(readN(t, b, 6))
+	if !(ga == "from 0" && gb == "from 1" || ga == "from 1" && gb == "from 0") {
+		t.Fatalf("a got %q, b got %q", ga, gb)
 	}
 }
 
