@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -409,32 +408,13 @@ func TestManyClientsOnASmallPool(t *testing.T) {
 	// Trust auth: this is about queueing, and 500 client-side SCRAM derivations under -race
 	// would only measure the race detector.
 	g := startGateway(t, func(c *gateway.Config) { c.PoolSize = 10; c.AuthType = auth.Trust })
-	const clients = 500
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			conn, err := pgx.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer conn.Close(ctx)
-			var got int
-			if err := conn.QueryRow(ctx, "SELECT $1::int", i).Scan(&got); err != nil || got != i {
-				errs <- fmt.Errorf("client %d: got %d, %v", i, got, err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	concurrently(t, g, 500, func(ctx context.Context, conn *pgx.Conn, i int) error {
+		var got int
+		if err := conn.QueryRow(ctx, "SELECT $1::int", i).Scan(&got); err != nil || got != i {
+			return fmt.Errorf("got %d, %v", got, err)
+		}
+		return nil
+	})
 	var open int
 	for _, p := range g.srv.Pools() {
 		open += p.Stats().Open

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,5 +166,35 @@ func md5sum(s string) [16]byte { return md5.Sum([]byte(s)) }
 func sessionOnly(t *testing.T) {
 	if mode := os.Getenv("ASYNCGATE_TEST_POOL_MODE"); mode != "" && mode != "session" {
 		t.Skipf("holds a backend across transactions: session pooling only, suite runs in %s mode", mode)
+	}
+}
+
+// concurrently runs n clients at once, each on its own pgx connection through g, and reports
+// every client's error.
+func concurrently(t *testing.T, g *gw, n int, client func(ctx context.Context, conn *pgx.Conn, i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
+			if err != nil {
+				errs <- fmt.Errorf("client %d: %w", i, err)
+				return
+			}
+			defer conn.Close(ctx)
+			if err := client(ctx, conn, i); err != nil {
+				errs <- fmt.Errorf("client %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -128,35 +127,16 @@ func TestTransactionModePreparedStatements(t *testing.T) {
 // pgx's default statement cache, 200 clients on 5 backends.
 func TestTransactionModePgxStatementCache(t *testing.T) {
 	g := startGateway(t, transactionMode(5))
-	var wg sync.WaitGroup
-	errs := make(chan error, 200)
-	for i := range 200 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			conn, err := pgx.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
-			if err != nil {
-				errs <- err
-				return
+	concurrently(t, g, 200, func(ctx context.Context, conn *pgx.Conn, i int) error {
+		for j := range 10 {
+			var got int
+			q := fmt.Sprintf("SELECT $1::int + %d", j%3) // three statements, reused
+			if err := conn.QueryRow(ctx, q, i).Scan(&got); err != nil || got != i+j%3 {
+				return fmt.Errorf("query %d: %d, %v", j, got, err)
 			}
-			defer conn.Close(ctx)
-			for j := range 10 {
-				var got int
-				q := fmt.Sprintf("SELECT $1::int + %d", j%3) // three statements, reused
-				if err := conn.QueryRow(ctx, q, i).Scan(&got); err != nil || got != i+j%3 {
-					errs <- fmt.Errorf("client %d query %d: %d, %v", i, j, got, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+		}
+		return nil
+	})
 	if open, _ := totals(g); open > 5 {
 		t.Fatalf("%d backends for a pool of 5", open)
 	}
@@ -250,22 +230,9 @@ func TestTransactionModeManyClientsMixedTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	const clients, txs = 300, 5
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for i := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- mixedClient(g, i, txs)
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Error(err)
-		}
-	}
+	concurrently(t, g, clients, func(ctx context.Context, conn *pgx.Conn, i int) error {
+		return mixedClient(ctx, conn, i, txs)
+	})
 	var rows int
 	direct(t).QueryRow(ctx, "SELECT count(*) FROM txmix").Scan(&rows)
 	if rows != clients*txs {
@@ -273,14 +240,7 @@ func TestTransactionModeManyClientsMixedTransactions(t *testing.T) {
 	}
 }
 
-func mixedClient(g *gw, id, txs int) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
-	if err != nil {
-		return err
-	}
-	defer conn.Close(ctx)
+func mixedClient(ctx context.Context, conn *pgx.Conn, id, txs int) error {
 	for n := range txs {
 		tx, err := conn.Begin(ctx)
 		if err != nil {
