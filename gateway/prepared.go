@@ -37,6 +37,9 @@ func (s *session) relayStatement(f *wire.Frame) bool {
 			return false
 		}
 		st := newStmt(rest)
+		if s.stmts == nil {
+			s.stmts = make(map[string]*stmt) // only clients that prepare statements pay for it
+		}
 		s.stmts[string(name)] = st
 		if s.be.StmtPrepared(st.backendName) {
 			s.answer('P', parseComplete)

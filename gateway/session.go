@@ -298,7 +298,6 @@ func (s *session) authenticated() {
 	if s.mode != sessionMode {
 		// Statements are the gateway's to track: read their messages whole, within a bound
 		// that only an authenticated client gets.
-		s.stmts = make(map[string]*stmt)
 		s.in.SetMaxInspect(s.srv.cfg.MaxQuerySize)
 		for _, t := range []byte{'P', 'B', 'D', 'C'} {
 			s.in.SetInspect(t, true)
@@ -369,6 +368,7 @@ func (s *session) ready() {
 	s.io.Write(wire.AppendReadyForQuery(nil, s.txStatus))
 	s.state = stLinked
 	s.desired = s.trackedSettings(s.be)
+	s.startup = nil // applied and, where it must follow the client, kept in desired
 	s.sendQueued()
 	s.afterUnit()
 }

@@ -73,7 +73,7 @@ const (
 type Decoder struct {
 	maxMessage int
 	maxInspect int
-	inspect    [256]bool
+	inspect    typeSet // a bitmap rather than [256]bool: every idle client holds one
 
 	expectStartup bool // the next message is an untyped startup packet
 
@@ -100,7 +100,11 @@ func NewDecoder(cfg DecoderConfig) *Decoder {
 	d := &Decoder{
 		maxMessage: cfg.MaxMessage,
 		maxInspect: cfg.MaxInspect,
-		inspect:    cfg.Inspect,
+	}
+	for typ, on := range cfg.Inspect {
+		if on {
+			d.inspect.set(byte(typ), true)
+		}
 	}
 	if d.maxMessage <= 0 {
 		d.maxMessage = DefaultMaxMessage
@@ -118,7 +122,20 @@ func (d *Decoder) ExpectStartup() { d.expectStartup = true }
 
 // SetInspect chooses whether messages of type typ are buffered whole. It takes effect from the next
 // message header.
-func (d *Decoder) SetInspect(typ byte, on bool) { d.inspect[typ] = on }
+func (d *Decoder) SetInspect(typ byte, on bool) { d.inspect.set(typ, on) }
+
+// typeSet is a set of message types.
+type typeSet [4]uint64
+
+func (s *typeSet) set(typ byte, on bool) {
+	if on {
+		s[typ>>6] |= 1 << (typ & 63)
+	} else {
+		s[typ>>6] &^= 1 << (typ & 63)
+	}
+}
+
+func (s *typeSet) has(typ byte) bool { return s[typ>>6]&(1<<(typ&63)) != 0 }
 
 // SetMaxInspect changes the bound on inspected messages from the next message on: a gateway
 // keeps it small until the client has authenticated.
@@ -306,7 +323,7 @@ func (d *Decoder) startMessage(hdr []byte) error {
 			Message: fmt.Sprintf("message type %q of length %d exceeds the limit of %d bytes", typ, n, d.maxMessage),
 		}
 	}
-	if d.inspect[typ] && n > int64(d.maxInspect) {
+	if d.inspect.has(typ) && n > int64(d.maxInspect) {
 		return &Error{
 			Code:    CodeProgramLimitExceeded,
 			Message: fmt.Sprintf("message type %q of length %d exceeds the inspection limit of %d bytes", typ, n, d.maxInspect),
@@ -317,7 +334,7 @@ func (d *Decoder) startMessage(hdr []byte) error {
 	return nil
 }
 
-func (d *Decoder) wantsWhole() bool { return d.hl == 4 || d.inspect[d.typ] }
+func (d *Decoder) wantsWhole() bool { return d.hl == 4 || d.inspect.has(d.typ) }
 
 // beginAccum starts accumulating the current message with the header (and any body bytes) in got.
 // Capacity is leased for want bytes, what has actually arrived, not for what the header claims.

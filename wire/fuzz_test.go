@@ -56,7 +56,7 @@ func FuzzDecoder(f *testing.F) {
 				if s, err := ParseStartup(f.Body); err == nil && (s.Kind == SSLRequest || s.Kind == GSSENCRequest) {
 					d.ExpectStartup()
 				}
-			} else if f.Len+4 > fuzzMaxMessage || (f.Whole && d.inspect[f.Type] && f.Len+4 > fuzzMaxInspect) {
+			} else if f.Len+4 > fuzzMaxMessage || (f.Whole && d.inspect.has(f.Type) && f.Len+4 > fuzzMaxInspect) {
 				t.Fatalf("message type %q of %d bytes passed the limits", f.Type, f.Len)
 			}
 			return nil
