@@ -198,7 +198,7 @@ func steady(window []int64) bool {
 
 func (r *IdleResult) writeText(w io.Writer) {
 	fmt.Fprintf(w, "idle clients on %s: %d of %d connected in %.0f ms (connect p50 %s ms, p99 %s ms)",
-		r.Target, r.Connected, r.Requested, r.ConnectWallMs, ms(r.Connect.P50), ms(r.Connect.P99))
+		r.Target, r.Connected, r.Requested, r.ConnectWallMs, FormatMs(r.Connect.P50), FormatMs(r.Connect.P99))
 	if len(r.ConnectErrors) > 0 {
 		fmt.Fprintf(w, "; errors: %s", formatCounts(r.ConnectErrors))
 	}

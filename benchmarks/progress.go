@@ -55,7 +55,7 @@ func (pp *progressPrinter) done(r *RoundResult) {
 		return
 	}
 	pp.line(fmt.Sprintf("done: tps %.1f  p50 %s ms  p99 %s ms  errors %d  connect %.0f ms",
-		r.TPS, ms(r.Latency.P50), ms(r.Latency.P99), r.ErrorCount, r.ConnectWallMs))
+		r.TPS, FormatMs(r.Latency.P50), FormatMs(r.Latency.P99), r.ErrorCount, r.ConnectWallMs))
 	if pp.p.Terminal {
 		fmt.Fprintln(pp.p.W)
 	}

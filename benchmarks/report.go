@@ -244,8 +244,8 @@ func (r *Report) WriteText(w io.Writer) error {
 				row = append(row, fmt.Sprint(t.Unsent))
 			}
 			l := t.Latency
-			row = append(row, ms(l.P50), ms(l.P90), ms(l.P99), ms(l.P999), ms(l.Max),
-				ms(t.Connect.Latency.P50), ms(t.Connect.Latency.P99))
+			row = append(row, FormatMs(l.P50), FormatMs(l.P90), FormatMs(l.P99), FormatMs(l.P999), FormatMs(l.Max),
+				FormatMs(t.Connect.Latency.P50), FormatMs(t.Connect.Latency.P99))
 			for _, p := range c.Processes {
 				cpu, rss := "-", "-"
 				for _, pr := range t.Processes {
@@ -282,7 +282,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	return nil
 }
 
-func ms(v float64) string {
+// FormatMs formats milliseconds with about three significant digits, as the tables do.
+func FormatMs(v float64) string {
 	switch {
 	case v >= 100:
 		return fmt.Sprintf("%.0f", v)

@@ -143,7 +143,7 @@ func writeLoadTables(b *strings.Builder, rep *benchmarks.Report) {
 		}
 		lo, hi := roundRange(t)
 		p("| %s | %.0f | %s | %s | %s | %s | %s | %.0f–%.0f |\n",
-			t.Name, t.TPS, ms(t.Latency.P50), ms(t.Latency.P99), cpu, rss, errs, lo, hi)
+			t.Name, t.TPS, benchmarks.FormatMs(t.Latency.P50), benchmarks.FormatMs(t.Latency.P99), cpu, rss, errs, lo, hi)
 	}
 	p("\n")
 
@@ -386,17 +386,6 @@ func roundRange(t *benchmarks.TargetResult) (lo, hi float64) {
 		hi = max(hi, r.TPS)
 	}
 	return lo, hi
-}
-
-// ms formats milliseconds with three significant digits or so, like asyncgate-bench's tables.
-func ms(v float64) string {
-	switch {
-	case v >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f", v)
-	}
-	return fmt.Sprintf("%.3f", v)
 }
 
 func sum(m map[string]int64) int64 {
