@@ -15,7 +15,9 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +26,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/asyncgate/asyncgate/gateway"
+	"github.com/asyncgate/asyncgate/internal/pgtest"
 )
 
 // rawExchange sends bytes on a fresh connection and returns everything the gateway answers
@@ -237,4 +240,53 @@ func writeSelfSigned(t *testing.T) (certPath, keyPath string) {
 	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600)
 	return certPath, keyPath
+}
+
+// TLS to the server comes from the DSN's sslmode; the backend connection is then a TLS stream
+// the gateway writes through its writer goroutine.
+func TestServerTLS(t *testing.T) {
+	dir, err := os.MkdirTemp("", "asyncgate-server-tls-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755) // the server runs as another OS user when the tests run as root
+	certPath, keyPath := writeSelfSigned(t)
+	cert, _ := os.ReadFile(certPath)
+	key, _ := os.ReadFile(keyPath)
+	certPath, keyPath = filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	if err := os.WriteFile(certPath, cert, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyPath, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		if u, err := user.Lookup("postgres"); err == nil {
+			uid, _ := strconv.Atoi(u.Uid)
+			gid, _ := strconv.Atoi(u.Gid)
+			os.Chown(keyPath, uid, gid)
+		}
+	}
+	tlsBackend := pgtest.StartT(t, pgtest.Options{Settings: map[string]string{
+		"ssl": "on", "ssl_cert_file": certPath, "ssl_key_file": keyPath,
+	}}, 0)
+	g := startGateway(t, func(c *gateway.Config) {
+		c.Databases[testDatabase] = strings.Replace(tlsBackend.DSN("postgres", "postgres"), "sslmode=disable", "sslmode=require", 1)
+	})
+	conn := g.connect(t)
+	ctx := ctxT(t)
+	var ssl bool
+	if err := conn.QueryRow(ctx, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl); err != nil {
+		t.Fatal(err)
+	}
+	if !ssl {
+		t.Fatal("the backend connection is not TLS")
+	}
+	// Enough traffic both ways to go through the writer goroutine and TLS records.
+	big := strings.Repeat("t", 2<<20)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT length($1::text)", big).Scan(&n); err != nil || n != len(big) {
+		t.Fatalf("2 MiB over a TLS backend: %d, %v", n, err)
+	}
 }
