@@ -2,7 +2,10 @@ package gateway
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/asyncgate/asyncgate/pool"
 )
@@ -99,4 +102,41 @@ func lookupSetting(c *pool.Conn, name string) (key, value string, ok bool) {
 		}
 	}
 	return "", "", false
+}
+
+// settingsTable shares identical tracked-parameter maps between sessions: most clients of an
+// application log in with the same settings, and an idle client should cost little more than
+// its socket. Bounded, so that clients varying their settings cannot grow it without end.
+type settingsTable struct {
+	mu   sync.Mutex
+	maps map[string]map[string]string
+}
+
+const maxSharedSettings = 1024
+
+// intern returns a shared map equal to m (shared=true) or m itself when the table is full.
+func (t *settingsTable) intern(m map[string]string) (out map[string]string, shared bool) {
+	if m == nil {
+		return nil, false
+	}
+	var key strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		key.WriteString(k)
+		key.WriteByte(0)
+		key.WriteString(m[k])
+		key.WriteByte(0)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if got, ok := t.maps[key.String()]; ok {
+		return got, true
+	}
+	if len(t.maps) >= maxSharedSettings {
+		return m, false
+	}
+	if t.maps == nil {
+		t.maps = make(map[string]map[string]string)
+	}
+	t.maps[key.String()] = m
+	return m, true
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 
 	"github.com/asyncgate/asyncgate/pool"
 	"github.com/asyncgate/asyncgate/wire"
@@ -121,7 +122,10 @@ func (s *session) classify(f *wire.Frame) bool {
 		name, value, err := wire.ParseParameterStatus(f.Body)
 		if err == nil {
 			s.be.Params[string(name)] = string(value)
-			if !internal && linked && s.desired != nil {
+			if !internal && linked && s.desired != nil && s.desired[string(name)] != string(value) {
+				if s.desiredShared {
+					s.desired, s.desiredShared = maps.Clone(s.desired), false
+				}
 				s.desired[string(name)] = string(value)
 			}
 		}

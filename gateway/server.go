@@ -36,6 +36,8 @@ type Server struct {
 
 	cancelMu sync.Mutex
 	cancels  map[cancelKey]*session
+
+	settings settingsTable // tracked parameters shared between sessions
 }
 
 type poolKey struct{ database, user string }

@@ -66,8 +66,9 @@ type session struct {
 	fwd      bool // the backend message being read goes to the client
 	timedOut bool // --query-timeout cancelled the current work
 
-	desired map[string]string // parameters that follow the client to every backend
-	stmts   map[string]*stmt  // the client's named prepared statements (not in session mode)
+	desired       map[string]string // parameters that follow the client to every backend
+	desiredShared bool              // desired is shared with other sessions: copy before changing it
+	stmts         map[string]*stmt  // the client's named prepared statements (not in session mode)
 
 	cancelling bool          // a CancelRequest is on its way to the backend
 	cancelDone chan struct{} // closed when it has been delivered
@@ -367,7 +368,7 @@ func (s *session) ready() {
 	s.io.Write(wire.AppendBackendKeyData(nil, s.key.pid, s.key.secretBytes()))
 	s.io.Write(wire.AppendReadyForQuery(nil, s.txStatus))
 	s.state = stLinked
-	s.desired = s.trackedSettings(s.be)
+	s.desired, s.desiredShared = s.srv.settings.intern(s.trackedSettings(s.be))
 	s.startup = nil // applied and, where it must follow the client, kept in desired
 	s.sendQueued()
 	s.afterUnit()
