@@ -174,12 +174,12 @@ func (s *Server) Pools() []*pool.Pool {
 }
 
 // pool returns the pool for a database alias and client user, opening it on first use.
-func (s *Server) pool(db *database, user string) (*pool.Pool, error) {
+func (s *Server) pool(db *database, user string) *pool.Pool {
 	key := poolKey{db.name, user}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p, ok := s.pools[key]; ok {
-		return p, nil
+		return p
 	}
 	conn := db.conn.Copy()
 	if !db.ownUser {
@@ -208,7 +208,7 @@ func (s *Server) pool(db *database, user string) (*pool.Pool, error) {
 		Log:            s.log,
 	})
 	s.pools[key] = p
-	return p, nil
+	return p
 }
 
 // modeFor picks the pool mode for a client: its user's, else its database's, else the default.

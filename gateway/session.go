@@ -289,11 +289,7 @@ func (s *session) authenticated() {
 		s.fatal("3D000", fmt.Sprintf("database %q does not exist (no --database %s=… is configured)", name, name))
 		return
 	}
-	p, err := s.srv.pool(db, s.user)
-	if err != nil {
-		s.fatal("08006", err.Error())
-		return
-	}
+	p := s.srv.pool(db, s.user)
 	s.db, s.pool, s.state = db, p, stWaiting
 	s.mode = s.srv.modeFor(db, s.user)
 	if s.mode != sessionMode {

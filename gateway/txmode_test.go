@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -487,5 +488,39 @@ func TestPoolModePerDatabaseAndUser(t *testing.T) {
 	g2.connect(t)
 	if _, err := g2.connectAs(appUser, "", testDatabase); pgCode(err) != "57014" {
 		t.Fatalf("session mode let a second client share a pool of one: %v", err)
+	}
+}
+
+// A backend that cannot be brought back (here: its process is stopped, so it neither answers
+// nor acts on the cancel) is closed after --cancel-drain-timeout, and the pool serves the next
+// client with a new one.
+func TestCancelDrainTimeoutClosesStuckBackend(t *testing.T) {
+	g := startGateway(t, func(c *gateway.Config) {
+		transactionMode(1)(c)
+		c.CancelDrainTimeout = 300 * time.Millisecond
+		c.CancelTimeout = 200 * time.Millisecond
+	})
+	ctx := ctxT(t)
+	conn, err := pgconn.Connect(ctx, g.dsn(appUser, appPassword, testDatabase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Conn().Write(appendQuery(nil, "SELECT pg_sleep(60) /* stuck */"))
+	mon := direct(t)
+	var pid int
+	eventually(t, "query running", func() bool {
+		return mon.QueryRow(ctx, "SELECT pid FROM pg_stat_activity WHERE query LIKE '%stuck */' AND state = 'active' AND pid <> pg_backend_pid()").Scan(&pid) == nil
+	})
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Skipf("cannot stop the backend process: %v", err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	conn.Conn().Close()
+	eventually(t, "stuck backend closed by the gateway", func() bool { open, _ := totals(g); return open == 0 })
+	syscall.Kill(pid, syscall.SIGCONT)
+	next := g.connect(t)
+	var other int
+	if err := next.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&other); err != nil || other == pid {
+		t.Fatalf("next client: backend %d (stuck one %d), %v", other, pid, err)
 	}
 }

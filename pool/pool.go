@@ -255,12 +255,8 @@ func (p *Pool) put(c *Conn) {
 // Release returns a connection its lender left at ReadyForQuery with status idle. It is reset
 // with ResetQuery before anyone else gets it; if it is too old or the reset fails it is closed.
 func (p *Pool) Release(c *Conn) {
-	if p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime {
-		c.Close()
-		return
-	}
-	if p.cfg.ResetQuery == "" {
-		p.put(c)
+	if p.cfg.ResetQuery == "" || p.tooOld(c) {
+		p.Return(c)
 		return
 	}
 	p.run(c, p.cfg.ResetQuery, func(err error) {
@@ -272,7 +268,7 @@ func (p *Pool) Release(c *Conn) {
 		// The reset (DISCARD ALL) dropped prepared statements and session settings.
 		c.StmtClear()
 		clear(c.Settings)
-		p.put(c)
+		p.Return(c)
 	})
 }
 
@@ -280,11 +276,16 @@ func (p *Pool) Release(c *Conn) {
 // statement pooling its session state is the gateway's to manage, and its prepared statements
 // are worth keeping.
 func (p *Pool) Return(c *Conn) {
-	if p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime {
+	if p.tooOld(c) {
 		c.Close()
 		return
 	}
 	p.put(c)
+}
+
+// tooOld reports whether c has outlived --server-lifetime.
+func (p *Pool) tooOld(c *Conn) bool {
+	return p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime
 }
 
 // check runs an empty query on a long-idle connection before lending it again.
@@ -351,7 +352,7 @@ func (p *Pool) janitor() {
 		keep := p.idle[:0]
 		var retire []*Conn
 		for _, c := range p.idle {
-			old := p.cfg.Lifetime > 0 && time.Since(c.created) > p.cfg.Lifetime
+			old := p.tooOld(c)
 			unused := p.cfg.IdleTimeout > 0 && time.Since(c.lastUsed) > p.cfg.IdleTimeout &&
 				len(p.all)-len(retire) > p.cfg.MinSize
 			if old || unused {
