@@ -205,10 +205,26 @@ func (s *Server) pool(db *database, user string) *pool.Pool {
 		IdleTimeout:    s.cfg.ServerIdleTimeout,
 		CheckDelay:     s.cfg.ServerCheckDelay,
 		ResetQuery:     s.cfg.ServerResetQuery,
+		Poller:         s.poller(),
 		Log:            s.log,
 	})
 	s.pools[key] = p
 	return p
+}
+
+// poller serves backend connections on the client loops when the driver has loops.
+func (s *Server) poller() pool.Poller {
+	if ss, ok := s.driver.(loop.StreamServer); ok {
+		return streamPoller{ss}
+	}
+	return nil
+}
+
+// streamPoller adapts the driver's loops to the pool, which does not import loop.
+type streamPoller struct{ ss loop.StreamServer }
+
+func (p streamPoller) Attach(fd int, i int, h pool.StreamHandler) (pool.Stream, error) {
+	return p.ss.AttachStream(fd, i, h)
 }
 
 // modeFor picks the pool mode for a client: its user's, else its database's, else the default.

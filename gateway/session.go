@@ -307,7 +307,7 @@ func (s *session) authenticated() {
 func (s *session) acquire() {
 	p := s.pool
 	s.waiting = true
-	c, withdraw, err := p.Acquire(func(c *pool.Conn, err error) {
+	c, withdraw, err := p.AcquireOn(s.io.Loop(), func(c *pool.Conn, err error) {
 		if !s.io.Exec(func() { s.backendReady(c, err) }) && c != nil {
 			p.Return(c) // the client left while waiting; the connection is untouched
 		}

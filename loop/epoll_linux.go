@@ -68,8 +68,8 @@ func NewEpoll(cfg Config) (*Epoll, error) {
 		n = runtime.GOMAXPROCS(0)
 	}
 	d := &Epoll{cfg: cfg, gd: NewGoroutines(cfg), quit: make(chan struct{})}
-	for range n {
-		l, err := newLoop(d)
+	for i := range n {
+		l, err := newLoop(d, i)
 		if err != nil {
 			for _, l := range d.loops {
 				l.closeFDs()
@@ -312,11 +312,12 @@ func (d *Epoll) helper(f func()) {
 // task is work for a loop: a function serialised with a connection's callbacks (c, f), or the
 // driver's own (fn).
 type task struct {
-	c     *econn
-	f     func()
-	fn    func(*eloop)
-	async bool      // nobody waits: recycled by the loop
-	wait  chan bool // the result for the waiting Exec
+	c      *econn
+	f      func()
+	fn     func(*eloop)
+	async  bool      // nobody waits: recycled by the loop
+	wait   chan bool // the result for the waiting Exec
+	stream *estream  // suspended until f has run and c's output is within its bound
 }
 
 var taskPool = sync.Pool{New: func() any { return &task{wait: make(chan bool, 1)} }}
@@ -328,12 +329,17 @@ func newTask(c *econn, f func(), fn func(*eloop), async bool) *task {
 }
 
 func (t *task) free() {
-	t.c, t.f, t.fn = nil, nil, nil
+	t.c, t.f, t.fn, t.stream = nil, nil, nil, nil
 	taskPool.Put(t)
 }
 
-// finish reports to the waiting Exec (which recycles t) or recycles an unwaited task.
+// finish reports to the waiting Exec (which recycles t) or recycles an unwaited task, and lets
+// the stream that handed t over read again.
 func (t *task) finish(ok bool) {
+	if s := t.stream; s != nil {
+		t.stream = nil
+		resumeStream(s)
+	}
 	if t.async {
 		t.free()
 		return
@@ -342,10 +348,11 @@ func (t *task) finish(ok bool) {
 }
 
 type eloop struct {
-	drv  *Epoll
-	epfd int
-	efd  int     // eventfd that wakes the loop for queued tasks
-	g    uintptr // the loop goroutine (getg)
+	drv   *Epoll
+	index int
+	epfd  int
+	efd   int     // eventfd that wakes the loop for queued tasks
+	g     uintptr // the loop goroutine (getg)
 
 	// The epoll descriptor is itself pollable: registered with the runtime's poller (as an
 	// os.File), it lets the loop goroutine park like any goroutine waiting for a socket, and
@@ -359,7 +366,8 @@ type eloop struct {
 	nready   int
 	werr     error
 
-	count atomic.Int32 // connections, for placement
+	count    atomic.Int32 // connections, for placement
+	nstreams atomic.Int32 // streams, for placement
 
 	mu    sync.Mutex
 	tasks []*task
@@ -367,19 +375,21 @@ type eloop struct {
 	woken atomic.Bool
 
 	// Owned by the loop goroutine.
-	conns    map[int]*econn
-	events   []unix.EpollEvent
-	spare    []*task
-	local    []*task  // Exec on a connection from inside its own callback
-	ran      []*task  // Exec tasks done this iteration, answered after the flush
-	touched  []*econn // connections to flush and settle at the end of the iteration
-	due      []*timer // scratch for expiring timers
-	wheel    wheel
-	leased   int // buffers taken from the wire pool and not yet returned
-	stopping bool
+	conns     map[int]*econn
+	streams   map[int]*estream
+	curStream *estream // the stream whose OnData runs
+	events    []unix.EpollEvent
+	spare     []*task
+	local     []*task  // Exec on a connection from inside its own callback
+	ran       []*task  // Exec tasks done this iteration, answered after the flush
+	touched   []*econn // connections to flush and settle at the end of the iteration
+	due       []*timer // scratch for expiring timers
+	wheel     wheel
+	leased    int // buffers taken from the wire pool and not yet returned
+	stopping  bool
 }
 
-func newLoop(d *Epoll) (*eloop, error) {
+func newLoop(d *Epoll, index int) (*eloop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("loop: epoll_create1: %w", err)
@@ -401,7 +411,8 @@ func newLoop(d *Epoll) (*eloop, error) {
 		unix.Close(efd)
 		return nil, fmt.Errorf("loop: epoll fd: %w", err)
 	}
-	l := &eloop{drv: d, epfd: epfd, efd: efd, conns: make(map[int]*econn), events: make([]unix.EpollEvent, 256)}
+	l := &eloop{drv: d, index: index, epfd: epfd, efd: efd, conns: make(map[int]*econn),
+		streams: make(map[int]*estream), events: make([]unix.EpollEvent, 256)}
 	l.epf = os.NewFile(uintptr(epfd), "epoll")
 	rc, err := l.epf.SyscallConn()
 	if err == nil {
@@ -523,6 +534,8 @@ func (l *eloop) run(ready chan<- struct{}) {
 			}
 			if c := l.conns[int(ev.Fd)]; c != nil {
 				l.event(c, ev.Events)
+			} else if s := l.streams[int(ev.Fd)]; s != nil {
+				l.streamEvent(s, ev.Events)
 			}
 		}
 		l.runTasks()
@@ -536,6 +549,9 @@ func (l *eloop) run(ready chan<- struct{}) {
 func (l *eloop) shutdown() {
 	for _, c := range l.conns {
 		l.closeConn(c, net.ErrClosed)
+	}
+	for _, s := range l.streams {
+		l.closeStream(s, net.ErrClosed)
 	}
 	l.mu.Lock()
 	l.dead = true
@@ -586,7 +602,7 @@ func (l *eloop) runTask(t *task) {
 		return
 	}
 	l.call(c, t.f)
-	if t.async {
+	if t.async && t.stream == nil {
 		t.free()
 		return
 	}
@@ -833,7 +849,7 @@ func (l *eloop) send(c *econn) {
 	if c.pending() == 0 {
 		l.dropOutput(c)
 	}
-	if len(c.drainers) > 0 && c.pending() <= l.drv.cfg.MaxOutput {
+	if (len(c.drainers) > 0 || len(c.blocked) > 0) && c.pending() <= l.drv.cfg.MaxOutput {
 		l.releaseDrainers(c)
 	}
 }
@@ -851,6 +867,10 @@ func (l *eloop) releaseDrainers(c *econn) {
 		t.finish(true)
 	}
 	c.drainers = nil
+	for _, s := range c.blocked {
+		l.resume(s)
+	}
+	c.blocked = nil
 }
 
 // appendOutput queues b for c in a leased buffer, growing it by size class.
@@ -1012,7 +1032,8 @@ type econn struct {
 	out         *[]byte
 	outOff      int
 	outLen      int
-	drainers    []*task // Exec calls waiting for the output to fall within MaxOutput
+	drainers    []*task    // Exec calls waiting for the output to fall within MaxOutput
+	blocked     []*estream // streams of this loop suspended until then
 }
 
 func (c *econn) pending() int { return c.outLen - c.outOff }
@@ -1053,7 +1074,7 @@ func (c *econn) Write(b []byte) {
 
 func (c *econn) Exec(f func()) bool {
 	if g := c.g.Load(); g != nil {
-		return g.Exec(f)
+		return execMoved(g, f)
 	}
 	l := c.l
 	me := getg()
@@ -1063,19 +1084,39 @@ func (c *econn) Exec(f func()) bool {
 		}
 		if c.inCall {
 			// From c's own callback: run right after it (it may not nest).
-			l.local = append(l.local, newTask(c, f, nil, true))
+			t := newTask(c, f, nil, true)
+			if s := l.curStream; s != nil {
+				l.suspend(s)
+				t.stream = s
+			}
+			l.local = append(l.local, t)
 			return true
 		}
 		l.call(c, f)
+		if s := l.curStream; s != nil && c.pending() > l.drv.cfg.MaxOutput {
+			l.suspend(s)
+			c.blocked = append(c.blocked, s)
+		}
 		return true
 	}
-	_, onLoop := loopsByG.Load(me)
+	v, onLoop := loopsByG.Load(me)
 	t := newTask(c, f, nil, onLoop)
+	if onLoop {
+		// From a stream of another loop: its bytes stay put until f has run there.
+		if from := v.(*eloop); from.curStream != nil {
+			from.suspend(from.curStream)
+			t.stream = from.curStream
+		}
+	}
 	ok, moved := l.enqueue(t)
 	if !ok {
+		if s := t.stream; s != nil {
+			t.stream = nil
+			resumeStream(s)
+		}
 		t.free()
 		if moved {
-			return c.g.Load().Exec(f)
+			return execMoved(c.g.Load(), f)
 		}
 		return false
 	}
@@ -1085,6 +1126,39 @@ func (c *econn) Exec(f func()) bool {
 	ok = <-t.wait
 	t.free()
 	return ok
+}
+
+// execMoved runs f on a connection that moved to the goroutine driver. A loop goroutine must not
+// wait for a slow client: f runs at once, and its output is sent from a helper goroutine; a
+// stream whose OnData called is suspended until it is out.
+func execMoved(g *gconn, f func()) bool {
+	v, onLoop := loopsByG.Load(getg())
+	if !onLoop {
+		return g.Exec(f)
+	}
+	if !g.call(f) {
+		return false
+	}
+	l := v.(*eloop)
+	s := l.curStream
+	if s != nil {
+		l.suspend(s)
+	}
+	l.drv.helper(func() {
+		g.afterCall()
+		if s != nil {
+			resumeStream(s)
+		}
+	})
+	return true
+}
+
+// Loop implements Conn.
+func (c *econn) Loop() int {
+	if c.g.Load() != nil {
+		return -1
+	}
+	return c.l.index
 }
 
 func (c *econn) AfterFunc(d time.Duration, f func()) func() bool {

@@ -196,6 +196,9 @@ func (c *gconn) waitResumed() error {
 
 func (c *gconn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
+// Loop implements Conn: a goroutine connection has no loop.
+func (c *gconn) Loop() int { return -1 }
+
 func (c *gconn) TLS() bool {
 	c.omu.Lock()
 	defer c.omu.Unlock()
@@ -213,13 +216,26 @@ func (c *gconn) Close() {
 }
 
 func (c *gconn) Exec(f func()) bool {
+	if !c.call(f) {
+		return false
+	}
+	c.afterCall()
+	return true
+}
+
+// call runs f serialised with the callbacks, unless the connection is closed.
+func (c *gconn) call(f func()) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closed {
-		c.mu.Unlock()
 		return false
 	}
 	f()
-	c.mu.Unlock()
+	return true
+}
+
+// afterCall sends what a call queued; it may block while the client's output is over its bound.
+func (c *gconn) afterCall() {
 	c.flush()
 	c.h.Flush()
 	c.omu.Lock()
@@ -228,7 +244,6 @@ func (c *gconn) Exec(f func()) bool {
 	if closing {
 		c.kill() // the output is out; wake the reader so it ends the connection
 	}
-	return true
 }
 
 func (c *gconn) AfterFunc(d time.Duration, f func()) func() bool {

@@ -48,6 +48,43 @@ type Conn interface {
 	// Close closes the connection once the queued output is sent.
 	Close()
 	RemoteAddr() net.Addr
+	// Loop names the event loop serving the connection (0 to loops-1), or -1 when it has none
+	// of its own (goroutine driver, TLS). Streams attached to the same loop reach it without a
+	// hand-off between threads.
+	Loop() int
+}
+
+// StreamHandler receives the events of an outbound socket served by a loop: a backend
+// connection. Calls run on the socket's loop goroutine, one at a time.
+type StreamHandler interface {
+	// OnData delivers bytes read from the socket. b stays valid until OnData returns or, when
+	// OnData handed work to a connection with Conn.Exec, until that work has run; the stream
+	// reads nothing more meanwhile, nor while that connection's output is over its bound, which
+	// is how a slow client's backpressure reaches the stream's peer.
+	OnData(b []byte)
+	// OnWritable reports, once per WantWrite, that the socket takes writes again.
+	OnWritable()
+	// OnClose is called once, when the socket is gone (peer closed, error, or Close).
+	OnClose(err error)
+}
+
+// Stream is the driver's side of an outbound socket. Its methods are safe from any goroutine.
+type Stream interface {
+	// Write writes what the socket takes now, without blocking: 0 and nil when it is full.
+	Write(b []byte) (int, error)
+	// WantWrite asks for one OnWritable as soon as the socket takes writes.
+	WantWrite()
+	// Close closes the socket; OnClose follows on the loop.
+	Close()
+	// Loop names the loop serving the socket.
+	Loop() int
+}
+
+// StreamServer is implemented by drivers that serve outbound sockets on their loops.
+type StreamServer interface {
+	// AttachStream takes over fd, a connected non-blocking socket, and serves it on loop i
+	// (i outside 0 to loops-1: the loop with the fewest streams). The driver closes fd.
+	AttachStream(fd int, i int, h StreamHandler) (Stream, error)
 }
 
 // Driver serves connections accepted from listeners.

@@ -29,10 +29,37 @@ type Drainer interface {
 	Drained(c *Conn)
 }
 
-// Conn is one authenticated backend connection used as a raw protocol stream.
+// Poller serves backend sockets on event loops (the epoll driver's loop.StreamServer, through a
+// small adapter): a connection served on the loop of the session it is lent to needs no reader
+// goroutine and no hand-off between threads.
+type Poller interface {
+	// Attach takes over fd and serves it on loop i (out of range: the loop's choice).
+	Attach(fd int, i int, h StreamHandler) (Stream, error)
+}
+
+// StreamHandler is the connection's side of a polled socket (see loop.StreamHandler).
+type StreamHandler interface {
+	OnData(b []byte)
+	OnWritable()
+	OnClose(err error)
+}
+
+// Stream is the poller's side of a polled socket (see loop.Stream).
+type Stream interface {
+	Write(b []byte) (int, error)
+	WantWrite()
+	Close()
+	Loop() int
+}
+
+// Conn is one authenticated backend connection used as a raw protocol stream. It is served either
+// by a Poller's loop or by a reader and a writer goroutine of its own (TLS, or no Poller).
 type Conn struct {
-	pool *Pool
-	nc   net.Conn
+	pool   *Pool
+	nc     net.Conn // goroutine mode
+	stream Stream   // loop mode
+	loop   int      // the loop serving stream, -1 in goroutine mode
+	addr   net.Addr
 
 	// PID and SecretKey are the backend's cancel key, never shown to clients.
 	PID       uint32
@@ -61,7 +88,10 @@ type Conn struct {
 }
 
 // Addr names the backend in messages.
-func (c *Conn) Addr() string { return c.nc.RemoteAddr().String() }
+func (c *Conn) Addr() string { return c.addr.String() }
+
+// Loop names the loop serving the connection, or -1.
+func (c *Conn) Loop() int { return c.loop }
 
 // Pool returns the pool the connection belongs to.
 func (c *Conn) Pool() *Pool { return c.pool }
@@ -80,6 +110,14 @@ func (c *Conn) Write(b []byte) { c.out.Write(b) }
 // connection, which the sink learns through BackendClosed.
 func (c *Conn) Flush() {
 	if c.out.Buffered() == 0 {
+		return
+	}
+	if c.stream != nil {
+		if empty, err := c.out.TryFlush(c.stream.Write); !empty && err == nil {
+			c.stream.WantWrite()
+		} else if err != nil {
+			c.stream.Close()
+		}
 		return
 	}
 	if c.raw != nil {
@@ -156,7 +194,7 @@ func (c *Conn) Err() error {
 // PostgreSQL's CancelRequest requires. It waits until the server has taken the request.
 func (c *Conn) Cancel(ctx context.Context) error {
 	var d net.Dialer
-	addr := c.nc.RemoteAddr()
+	addr := c.addr
 	nc, err := d.DialContext(ctx, addr.Network(), addr.String())
 	if err != nil {
 		return fmt.Errorf("pool %s: cancel on %s: %w", c.pool.cfg.Name, addr, err)
@@ -176,7 +214,34 @@ func (c *Conn) Cancel(ctx context.Context) error {
 }
 
 // Close closes the connection; the pool forgets it when its reader sees the close.
-func (c *Conn) Close() { c.nc.Close() }
+func (c *Conn) Close() {
+	if c.stream != nil {
+		c.stream.Close()
+		return
+	}
+	c.nc.Close()
+}
+
+// OnData implements StreamHandler.
+func (c *Conn) OnData(b []byte) { c.currentSink().BackendData(c, b) }
+
+// OnWritable implements StreamHandler: the rest of what Flush could not write goes now.
+func (c *Conn) OnWritable() {
+	empty, err := c.out.TryFlush(c.stream.Write)
+	switch {
+	case err != nil:
+		c.stream.Close()
+	case !empty:
+		c.stream.WantWrite()
+	default:
+		if d, ok := c.currentSink().(Drainer); ok {
+			d.Drained(c)
+		}
+	}
+}
+
+// OnClose implements StreamHandler.
+func (c *Conn) OnClose(err error) { c.broke(err) }
 
 // read is the connection's reader goroutine: it reads continuously (a proxy that stops reading
 // while it writes can deadlock against PostgreSQL) and hands the bytes to the current sink.
@@ -204,7 +269,9 @@ func (c *Conn) currentSink() Sink {
 }
 
 func (c *Conn) broke(err error) {
-	c.nc.Close()
+	if c.nc != nil {
+		c.nc.Close()
+	}
 	c.mu.Lock()
 	if c.err == nil {
 		c.err = fmt.Errorf("backend %s: %w", c.Addr(), err)

@@ -11,7 +11,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -34,6 +37,7 @@ type Config struct {
 	CheckDelay     time.Duration // a connection idle this long is checked before it is lent again (0: always)
 	ResetQuery     string        // run by Release, before the next lender ("" to skip)
 	MaxPrepared    int           // statements cached per connection (0: no bound)
+	Poller         Poller        // serves plaintext connections on event loops (nil: goroutines)
 
 	Log *slog.Logger
 }
@@ -56,6 +60,7 @@ type Pool struct {
 }
 
 type waiter struct {
+	loop    int // the lender's loop, for locality
 	deliver func(*Conn, error)
 	stop    func() bool // the wait timer
 	done    bool        // delivered, timed out or withdrawn (guarded by Pool.mu)
@@ -94,15 +99,22 @@ func (p *Pool) Stats() Stats {
 // their own locks), with a connection or an error (*wire.Error, or a *pgconn.PgError from the
 // backend), and withdraw cancels the wait, reporting false if deliver has been or is being called.
 func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() bool, err error) {
+	return p.AcquireOn(-1, deliver)
+}
+
+// AcquireOn is Acquire for a lender served by event loop i: a connection served by the same
+// loop is preferred, since its bytes then reach the lender without a hand-off between threads.
+func (p *Pool) AcquireOn(i int, deliver func(*Conn, error)) (c *Conn, withdraw func() bool, err error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil, nil, &wire.Error{Code: "08006", Message: fmt.Sprintf("pool %s is closed", p.cfg.Name)}
 	}
 	if len(p.waiters) == 0 && len(p.idle) > 0 {
-		c := p.idle[len(p.idle)-1]
+		k := p.pickIdle(i)
+		c := p.idle[k]
 		if time.Since(c.lastUsed) < p.cfg.CheckDelay {
-			p.idle = p.idle[:len(p.idle)-1]
+			p.idle = append(p.idle[:k], p.idle[k+1:]...)
 			p.mu.Unlock()
 			return c, nil, nil
 		}
@@ -112,7 +124,7 @@ func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() boo
 		return nil, nil, &wire.Error{Code: "53300", Message: fmt.Sprintf(
 			"pool %s: %d clients already wait for a server connection (--max-queue)", p.cfg.Name, p.cfg.MaxQueue)}
 	}
-	w := &waiter{deliver: deliver}
+	w := &waiter{loop: i, deliver: deliver}
 	p.waiters = append(p.waiters, w)
 	if p.cfg.WaitTimeout > 0 {
 		t := time.AfterFunc(p.cfg.WaitTimeout, func() { p.timeout(w) })
@@ -123,6 +135,26 @@ func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() boo
 	run()
 	return nil, func() bool { return p.withdraw(w) }, nil
 }
+
+// pickIdle chooses among the idle connections: the most recently used one of loop i, else the
+// most recently used one.
+func (p *Pool) pickIdle(i int) int {
+	last := len(p.idle) - 1
+	if i < 0 {
+		return last
+	}
+	for k := last; k >= 0; k-- {
+		if p.idle[k].loop == i {
+			return k
+		}
+	}
+	return last
+}
+
+// localWindow is how far down the wait queue a released connection looks for a waiter of its own
+// loop: far enough to find one most of the time with a few loops, near enough that the wait
+// order stays first come, first served within a handful of places.
+const localWindow = 4
 
 func (p *Pool) timeout(w *waiter) {
 	if !p.withdraw(w) {
@@ -161,13 +193,13 @@ func (p *Pool) dispatch() (run func()) {
 			lend = append(lend, func() { p.check(c) })
 			continue
 		}
-		w := p.popWaiter()
+		w := p.popWaiterFor(c)
 		lend = append(lend, func() { go w.deliver(c, nil) })
 	}
 	for want := len(p.waiters) - p.connecting; want > 0 && len(p.all)+p.connecting < p.cfg.Size; want-- {
 		p.connecting++
 		p.wg.Add(1)
-		go p.open()
+		go p.open(p.waiters[len(p.waiters)-want].loop)
 	}
 	return func() {
 		for _, f := range lend {
@@ -176,9 +208,29 @@ func (p *Pool) dispatch() (run func()) {
 	}
 }
 
-func (p *Pool) popWaiter() *waiter {
-	w := p.waiters[0]
-	p.waiters = p.waiters[1:]
+func (p *Pool) popWaiter() *waiter { return p.popWaiterAt(0) }
+
+// popWaiterFor takes the waiter c should go to: the first one of c's loop within localWindow,
+// else the first.
+func (p *Pool) popWaiterFor(c *Conn) *waiter {
+	if c.loop >= 0 {
+		for k := range min(len(p.waiters), localWindow) {
+			if p.waiters[k].loop == c.loop {
+				return p.popWaiterAt(k)
+			}
+		}
+	}
+	return p.popWaiterAt(0)
+}
+
+func (p *Pool) popWaiterAt(k int) *waiter {
+	w := p.waiters[k]
+	if k == 0 {
+		p.waiters[0] = nil
+		p.waiters = p.waiters[1:]
+	} else {
+		p.waiters = append(p.waiters[:k], p.waiters[k+1:]...)
+	}
 	w.done = true
 	if w.stop != nil {
 		w.stop()
@@ -186,8 +238,9 @@ func (p *Pool) popWaiter() *waiter {
 	return w
 }
 
-// open adds one connection, then lends it or keeps it idle.
-func (p *Pool) open() {
+// open adds one connection, served by loop i when there is a Poller, then lends it or keeps it
+// idle.
+func (p *Pool) open(i int) {
 	defer p.wg.Done()
 	c, err := p.connect()
 	p.mu.Lock()
@@ -219,6 +272,26 @@ func (p *Pool) open() {
 	}
 	p.all[c] = struct{}{}
 	p.mu.Unlock()
+	p.serve(c, i)
+	p.put(c)
+}
+
+// serve starts reading and writing c: on loop i of the Poller when the socket is a plain one,
+// else with a goroutine each.
+func (p *Pool) serve(c *Conn, i int) {
+	if p.cfg.Poller != nil {
+		if fd, err := detach(c.nc); err == nil {
+			c.nc, c.raw = nil, nil
+			s, err := p.cfg.Poller.Attach(fd, i, c)
+			if err == nil {
+				c.stream, c.loop = s, s.Loop()
+				return
+			}
+			unix.Close(fd)
+			c.broke(err)
+			return
+		}
+	}
 	p.wg.Add(2)
 	go func() {
 		defer p.wg.Done()
@@ -228,7 +301,35 @@ func (p *Pool) open() {
 		defer p.wg.Done()
 		c.write()
 	}()
-	p.put(c)
+}
+
+// detach takes the socket out of a plain TCP or Unix connection as a non-blocking descriptor of
+// its own, closing nc (which takes it out of the runtime's poller). TLS connections stay as they
+// are: crypto/tls needs the net.Conn.
+func detach(nc net.Conn) (int, error) {
+	var sc syscall.Conn
+	switch c := nc.(type) {
+	case *net.TCPConn:
+		sc = c
+	case *net.UnixConn:
+		sc = c
+	default:
+		return -1, fmt.Errorf("pool: %T is not served by a loop", nc)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	var derr error
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	if derr != nil {
+		return -1, fmt.Errorf("pool: dup: %w", derr)
+	}
+	nc.Close()
+	return fd, nil
 }
 
 // put makes c available: to the first waiter, or idle. A connection that was just opened or
@@ -243,7 +344,7 @@ func (p *Pool) put(c *Conn) {
 		return
 	}
 	if len(p.waiters) > 0 {
-		w := p.popWaiter()
+		w := p.popWaiterFor(c)
 		p.mu.Unlock()
 		go w.deliver(c, nil)
 		return
@@ -365,7 +466,7 @@ func (p *Pool) janitor() {
 		for n := len(p.all) - len(retire) + p.connecting; n < p.cfg.MinSize && n < p.cfg.Size; n++ {
 			p.connecting++
 			p.wg.Add(1)
-			go p.open()
+			go p.open(-1)
 		}
 		p.mu.Unlock()
 		for _, c := range retire {
@@ -419,6 +520,8 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 	c := &Conn{
 		pool:      p,
 		nc:        hc.Conn,
+		loop:      -1,
+		addr:      hc.Conn.RemoteAddr(),
 		PID:       hc.PID,
 		SecretKey: hc.SecretKey,
 		Params:    hc.ParameterStatuses,
