@@ -458,7 +458,7 @@ func (l *eloop) wait() []unix.EpollEvent {
 // parks until the epoll descriptor is readable.
 func (l *eloop) poll(fd uintptr) bool {
 	for {
-		l.nready, l.werr = unix.EpollWait(int(fd), l.events, 0)
+		l.nready, l.werr = rawEpollWait(int(fd), l.events)
 		if l.werr != unix.EINTR {
 			return l.nready != 0 || l.werr != nil
 		}
@@ -481,7 +481,7 @@ func (l *eloop) enqueue(t *task) (ok, moved bool) {
 	if !l.woken.Swap(true) {
 		var b [8]byte
 		binary.NativeEndian.PutUint64(b[:], 1)
-		unix.Write(l.efd, b[:])
+		rawWrite(l.efd, b[:])
 	}
 	return true, false
 }
@@ -528,7 +528,7 @@ func (l *eloop) run(ready chan<- struct{}) {
 		for _, ev := range l.wait() {
 			if int(ev.Fd) == l.efd {
 				var b [8]byte
-				unix.Read(l.efd, b[:])
+				rawRead(l.efd, b[:])
 				l.woken.Store(false)
 				continue
 			}
@@ -795,7 +795,7 @@ func (l *eloop) readable(c *econn) {
 			return
 		}
 		bp := l.lease(readSize)
-		n, err := unix.Read(c.fd, *bp)
+		n, err := rawRead(c.fd, *bp)
 		if err == nil && n > 0 && !c.lingering {
 			c.inCall = true
 			c.h.OnData((*bp)[:n])
@@ -830,7 +830,7 @@ func (l *eloop) readable(c *econn) {
 // send writes c's output as far as the socket takes it; the rest waits for EPOLLOUT.
 func (l *eloop) send(c *econn) {
 	for c.pending() > 0 {
-		n, err := unix.Write(c.fd, (*c.out)[c.outOff:c.outLen])
+		n, err := rawWrite(c.fd, (*c.out)[c.outOff:c.outLen])
 		if n > 0 {
 			c.outOff += n
 		}

@@ -98,7 +98,7 @@ func (l *eloop) streamReadable(s *estream) {
 			return
 		}
 		bp := l.lease(streamReadSize)
-		n, err := unix.Read(s.fd, *bp)
+		n, err := rawRead(s.fd, *bp)
 		if n > 0 {
 			l.curStream = s
 			s.h.OnData((*bp)[:n])
@@ -207,7 +207,7 @@ func (s *estream) Write(b []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	for {
-		n, err := unix.Write(s.fd, b)
+		n, err := rawWrite(s.fd, b)
 		switch err {
 		case nil:
 			return n, nil

@@ -95,7 +95,7 @@ func (p *Pool) Stats() Stats {
 
 // Acquire lends a connection. When one is idle and nobody waits it is returned at once. When the
 // request cannot be queued the error says why, with its SQLSTATE (*wire.Error). Otherwise the
-// request waits: deliver is called exactly once, always on another goroutine (so callers may hold
+// request waits: deliver is called exactly once, never from within Acquire (so callers may hold
 // their own locks), with a connection or an error (*wire.Error, or a *pgconn.PgError from the
 // backend), and withdraw cancels the wait, reporting false if deliver has been or is being called.
 func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() bool, err error) {
@@ -104,6 +104,9 @@ func (p *Pool) Acquire(deliver func(*Conn, error)) (c *Conn, withdraw func() boo
 
 // AcquireOn is Acquire for a lender served by event loop i: a connection served by the same
 // loop is preferred, since its bytes then reach the lender without a hand-off between threads.
+// For such a lender (i >= 0) deliver may run on the goroutine that gives a connection back, to
+// spare a goroutine per hand-over: it must pass the connection on to the loop without waiting.
+// Otherwise it runs on a goroutine of its own.
 func (p *Pool) AcquireOn(i int, deliver func(*Conn, error)) (c *Conn, withdraw func() bool, err error) {
 	p.mu.Lock()
 	if p.closed {
@@ -346,7 +349,11 @@ func (p *Pool) put(c *Conn) {
 	if len(p.waiters) > 0 {
 		w := p.popWaiterFor(c)
 		p.mu.Unlock()
-		go w.deliver(c, nil)
+		if w.loop >= 0 {
+			w.deliver(c, nil)
+		} else {
+			go w.deliver(c, nil)
+		}
 		return
 	}
 	p.idle = append(p.idle, c)
