@@ -29,6 +29,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzExchangeNext$$' -fuzztime $(FUZZTIME) ./gateway/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzSCRAMClientFirst$$' -fuzztime $(FUZZTIME) ./gateway/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzParseUserlist$$' -fuzztime $(FUZZTIME) ./gateway/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./gateway/sqlclass
 
 clean:
 	rm -rf bin

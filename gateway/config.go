@@ -41,6 +41,10 @@ type Config struct {
 	TrackExtraParameters []string // parameters that follow the client besides the standard ones
 	MaxQuerySize         int      // bound on messages the gateway reads whole (Parse, Bind, …)
 
+	PinOnSessionState bool          // keep a client on its backend while it holds session state
+	MaxPinnedTime     time.Duration // longest a client may stay pinned (0: no limit)
+	ParseCacheSize    int           // statement classifications cached by text
+
 	TLSCert, TLSKey string
 	ClientTLSMode   string // disable | allow | require
 
@@ -74,6 +78,8 @@ func Defaults() Config {
 		CancelTimeout:        10 * time.Second,
 		CancelDrainTimeout:   10 * time.Second,
 		MaxPrepared:          200,
+		PinOnSessionState:    true,
+		ParseCacheSize:       10000,
 		MaxQuerySize:         64 << 20,
 		UserPoolMode:         map[string]string{},
 		ClientTLSMode:        "allow",

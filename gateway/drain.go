@@ -18,7 +18,7 @@ type drainer struct {
 	srv  *Server
 	pool *pool.Pool
 	c    *pool.Conn
-	mode poolMode
+	back giveBack // how the backend goes back once clean
 
 	mu        sync.Mutex
 	owed      int  // ReadyForQuery messages still to come
@@ -33,15 +33,12 @@ type drainer struct {
 // drain hands the client's backend to a drainer, or straight back to the pool if it is clean.
 func (s *session) drain(be *pool.Conn) {
 	clean := s.slots.empty() && !s.unsynced && !s.copyIn && s.txStatus == 'I' && !s.cancelling && !s.barrier
+	back := s.giveBack()
 	if clean && be.Frames.AtBoundary() {
-		if s.mode == sessionMode {
-			s.pool.Release(be) // runs the reset query
-		} else {
-			s.pool.Return(be)
-		}
+		back.give(s.pool, be)
 		return
 	}
-	d := &drainer{srv: s.srv, pool: s.pool, c: be, mode: s.mode, owed: s.slots.syncs(), status: s.txStatus, cancelled: s.barrier}
+	d := &drainer{srv: s.srv, pool: s.pool, c: be, back: back, owed: s.slots.syncs(), status: s.txStatus, cancelled: s.barrier}
 	d.mu.Lock()
 	defer be.Flush()
 	defer d.mu.Unlock()
@@ -141,14 +138,48 @@ func (d *drainer) give(clean bool) {
 	}
 	d.finished = true
 	d.stopTimer()
-	switch {
-	case !clean:
+	if !clean {
 		d.pool.Discard(d.c)
-	case d.mode == sessionMode:
-		d.pool.Release(d.c)
-	default:
-		d.pool.Return(d.c)
+		return
 	}
+	d.back.give(d.pool, d.c)
+}
+
+// giveBack says how a departed client's backend, once at ReadyForQuery idle, returns to the pool.
+type giveBack uint8
+
+const (
+	giveReturn  giveBack = iota // as it is: transaction pooling keeps no state on it
+	giveRelease                 // after the reset query: session state may be on it
+	giveDiscard                 // closed: it holds state no reset removes
+)
+
+func (g giveBack) give(p *pool.Pool, c *pool.Conn) {
+	switch g {
+	case giveReturn:
+		p.Return(c)
+	case giveRelease:
+		p.Release(c)
+	default:
+		p.Discard(c)
+	}
+}
+
+// giveBack chooses for this client's backend: session state (session pooling, or a pinned
+// client, or one whose unfinished work may have pinned it) goes with a reset, or with the
+// connection when the reset is off or cannot undo it (LOAD).
+func (s *session) giveBack() giveBack {
+	state := s.mode == sessionMode
+	if pt := s.pt; pt != nil && (pt.held() || len(pt.unit) > 0 || len(pt.tx) > 0) {
+		if pt.loaded || s.srv.cfg.ServerResetQuery == "" {
+			return giveDiscard
+		}
+		state = true
+	}
+	if state {
+		return giveRelease
+	}
+	return giveReturn
 }
 
 func (d *drainer) timeout() {

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 
+	"github.com/asyncgate/asyncgate/gateway/sqlclass"
 	"github.com/asyncgate/asyncgate/wire"
 )
 
@@ -15,7 +16,15 @@ import (
 // and a client can be served by any backend: the statement is prepared there when first used.
 type stmt struct {
 	backendName string
-	parse       []byte // the Parse message that prepares it under backendName
+	parse       []byte          // the Parse message that prepares it under backendName
+	class       *sqlclass.Class // when it may pin: what binding it does to session state
+}
+
+// query returns the statement's text.
+func (st *stmt) query() []byte {
+	_, rest, _ := cut(st.parse[5:])
+	q, _, _ := cut(rest)
+	return q
 }
 
 var (
@@ -37,6 +46,9 @@ func (s *session) relayStatement(f *wire.Frame) bool {
 			return false
 		}
 		st := newStmt(rest)
+		if q, _, ok := cut(rest); ok {
+			st.class = s.classifySQL(q)
+		}
 		if s.stmts == nil {
 			s.stmts = make(map[string]*stmt) // only clients that prepare statements pay for it
 		}

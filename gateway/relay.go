@@ -22,10 +22,16 @@ func (s *session) relay(f *wire.Frame) {
 		if f.Whole && s.mode != sessionMode && s.sessionCommand(f.Body) {
 			break
 		}
+		if f.Whole {
+			s.noteEffects(s.classifySQL(f.Body), f.Body)
+		}
 		s.slots.push(slot{kind: 'Q'})
 		s.be.Write(f.Raw)
 	case 'P', 'B', 'D', 'C':
 		s.unsynced = true
+		if f.Whole && (f.Type == 'P' || f.Type == 'B') {
+			s.noteStatement(f)
+		}
 		if s.mode != sessionMode && f.Whole && s.relayStatement(f) {
 			break
 		}
@@ -165,6 +171,9 @@ func (s *session) complete(f *wire.Frame) {
 			if tag := f.Body; bytes.HasPrefix(tag, []byte("DISCARD ALL")) || bytes.HasPrefix(tag, []byte("DEALLOCATE ALL")) {
 				s.be.StmtClear()
 			}
+			if s.pt != nil && (head == nil || head.act != actSwallow) {
+				s.pt.lastRollback = bytes.Equal(bytes.TrimRight(f.Body, "\x00"), []byte("ROLLBACK"))
+			}
 		}
 	}
 	if head != nil && head.done(f.Type) {
@@ -185,6 +194,9 @@ func (s *session) backendError(f *wire.Frame, head *slot) {
 	}
 	if head.act == actSwallow && head.kind == 'Q' {
 		s.srv.log.Warn("gateway query failed on backend", "backend", s.be.Addr(), "code", string(code), "err", string(msg))
+	}
+	if s.pt != nil && head.act != actSwallow {
+		s.pt.unitFailed = true
 	}
 	if head.endsAtSync() {
 		return
@@ -207,6 +219,9 @@ func (s *session) readyForQuery(f *wire.Frame, head *slot) {
 	}
 	s.txStatus = status
 	s.copyIn = false
+	if !internal {
+		s.settlePins(status)
+	}
 	if s.state == stSetup {
 		if s.slots.empty() {
 			s.ready()

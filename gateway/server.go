@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/gateway/sqlclass"
 	"github.com/asyncgate/asyncgate/loop"
 	"github.com/asyncgate/asyncgate/pool"
 )
@@ -38,6 +39,9 @@ type Server struct {
 	cancels  map[cancelKey]*session
 
 	settings settingsTable // tracked parameters shared between sessions
+
+	classifier *sqlclass.Classifier // nil unless --pin-on-session-state
+	pinned     atomic.Int64         // clients pinned to their backend by session state
 }
 
 type poolKey struct{ database, user string }
@@ -67,6 +71,9 @@ func New(cfg Config) (*Server, error) {
 		dbs:     make(map[string]*database),
 		pools:   make(map[poolKey]*pool.Pool),
 		cancels: make(map[cancelKey]*session),
+	}
+	if cfg.PinOnSessionState {
+		s.classifier = sqlclass.New(cfg.ParseCacheSize)
 	}
 	driver, err := loop.New(cfg.LoopDriver, loop.Config{MaxOutput: cfg.MaxOutput, Loops: cfg.Loops})
 	if err != nil {
@@ -264,3 +271,6 @@ func (s *Server) cancel(pid uint32, key []byte) {
 	}
 	target.io.Exec(target.requestCancel)
 }
+
+// PinnedClients reports how many clients keep their backend because of session state.
+func (s *Server) PinnedClients() int64 { return s.pinned.Load() }

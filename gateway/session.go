@@ -70,6 +70,8 @@ type session struct {
 	desiredShared bool              // desired is shared with other sessions: copy before changing it
 	stmts         map[string]*stmt  // the client's named prepared statements (not in session mode)
 
+	pt *pinTrack // session state that pins the client to its backend; nil until it may have some
+
 	cancelling bool          // a CancelRequest is on its way to the backend
 	cancelDone chan struct{} // closed when it has been delivered
 	barrier    bool          // a cancel was delivered: prove the backend saw it before release
@@ -296,7 +298,7 @@ func (s *session) authenticated() {
 		// Statements are the gateway's to track: read their messages whole, within a bound
 		// that only an authenticated client gets.
 		s.in.SetMaxInspect(s.srv.cfg.MaxQuerySize)
-		for _, t := range []byte{'P', 'B', 'D', 'C'} {
+		for _, t := range []byte{'Q', 'P', 'B', 'D', 'C'} {
 			s.in.SetInspect(t, true)
 		}
 	}
@@ -437,6 +439,10 @@ func (s *session) afterUnit() {
 	if s.mode == sessionMode || s.be == nil || s.txStatus != 'I' || s.cancelling {
 		return
 	}
+	if s.pinned() {
+		s.holdPinned()
+		return
+	}
 	if s.barrier {
 		// A cancel reached the backend: an empty query proves it is spent before anyone else
 		// gets the connection.
@@ -508,6 +514,10 @@ func (s *session) OnClose(error) {
 	}
 	if s.counted {
 		s.srv.clients.Add(-1)
+	}
+	if s.pt != nil && s.pt.counted {
+		s.pt.counted = false
+		s.srv.pinned.Add(-1)
 	}
 	s.in.Reset()
 	if be := s.be; be != nil {

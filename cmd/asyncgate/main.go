@@ -49,6 +49,13 @@ func run(args []string) error {
 		}
 		return nil
 	})
+	fs.Func("pin-on-session-state", "on: in transaction and statement modes, a client that creates session state (temporary tables, advisory locks, WITH HOLD cursors, SQL PREPARE, untracked SET, LOAD, LISTEN) keeps its backend until the state is gone; off: PgBouncer's behaviour (default on)", func(v string) error {
+		on, err := parseOnOff(v)
+		cfg.PinOnSessionState = on
+		return err
+	})
+	durationVar(fs, &cfg.MaxPinnedTime, "max-pinned-time", "disconnect a client pinned to its backend by session state this long (0: no limit)")
+	fs.IntVar(&cfg.ParseCacheSize, "parse-cache-size", cfg.ParseCacheSize, "statement classifications cached by text (0: no cache)")
 	fs.IntVar(&cfg.MaxQuerySize, "max-query-size", cfg.MaxQuerySize, "largest message the gateway reads whole (Parse, Bind, … in transaction and statement modes), in bytes")
 	durationVar(fs, &cfg.QueryTimeout, "query-timeout", "cancel a request running longer than this on the backend (SQLSTATE 57014; 0: none)")
 	durationVar(fs, &cfg.IdleTxTimeout, "idle-transaction-timeout", "disconnect a client idle inside a transaction this long; it is rolled back (0: none)")
@@ -210,4 +217,15 @@ func durationVar(fs *flag.FlagSet, p *time.Duration, name, usage string) {
 		*p = d
 		return nil
 	})
+}
+
+// parseOnOff reads a switch the way PostgreSQL reads a boolean setting.
+func parseOnOff(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "on", "true", "yes", "1":
+		return true, nil
+	case "off", "false", "no", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%q is not on or off", v)
 }
