@@ -21,7 +21,7 @@ type IdleConfig struct {
 	// SettleTimeout bounds each wait for RSS to stop moving; default 30s.
 	SettleTimeout time.Duration
 	// SettleInterval is the RSS polling period; RSS has settled when SettleSamples consecutive
-	// readings stay within 64 KiB (or 0.1%) of each other. Defaults 250ms and 4.
+	// readings stay within 64 KiB (or 0.1%) of each other. Defaults 250ms and 12.
 	SettleInterval time.Duration
 	SettleSamples  int
 	Progress       *Progress
@@ -66,7 +66,9 @@ func RunIdle(ctx context.Context, cfg IdleConfig) (*IdleResult, error) {
 		cfg.SettleInterval = 250 * time.Millisecond
 	}
 	if cfg.SettleSamples < 2 {
-		cfg.SettleSamples = 4
+		// Three seconds of agreement: a process that gives memory back once its connection count
+		// has been stable for a moment is measured after it did.
+		cfg.SettleSamples = 12
 	}
 	pcfg, err := pgconn.ParseConfig(cfg.Target.DSN)
 	if err != nil {

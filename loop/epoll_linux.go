@@ -84,7 +84,21 @@ func NewEpoll(cfg Config) (*Epoll, error) {
 		go l.run(ready)
 		<-ready
 	}
+	d.loopWG.Add(1)
+	go func() {
+		defer d.loopWG.Done()
+		newTrimmer(d.connections).run(d.quit)
+	}()
 	return d, nil
+}
+
+// connections counts the connections of every loop.
+func (d *Epoll) connections() int {
+	n := 0
+	for _, l := range d.loops {
+		n += int(l.count.Load())
+	}
+	return n
 }
 
 func newEpoll(cfg Config) (Driver, error) {
