@@ -60,6 +60,14 @@ type Epoll struct {
 // loopsByG maps each running loop's goroutine to its loop, for Exec to tell where it is called.
 var loopsByG sync.Map
 
+// OnLoop reports whether the caller runs on an event loop goroutine, where Exec never waits:
+// code that may be called from anywhere uses it to decide whether handing work to a connection
+// could block it.
+func OnLoop() bool {
+	_, ok := loopsByG.Load(getg())
+	return ok
+}
+
 // NewEpoll starts cfg.Loops event loops.
 func NewEpoll(cfg Config) (*Epoll, error) {
 	cfg = cfg.withDefaults()
