@@ -44,6 +44,7 @@ type Config struct {
 	PinOnSessionState bool          // keep a client on its backend while it holds session state
 	MaxPinnedTime     time.Duration // longest a client may stay pinned (0: no limit)
 	ParseCacheSize    int           // statement classifications cached by text
+	ListenFanout      bool          // LISTEN through one listener connection per database, without pinning
 
 	TLSCert, TLSKey string
 	ClientTLSMode   string // disable | allow | require

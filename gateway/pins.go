@@ -239,7 +239,7 @@ type pinTrack struct {
 
 // classify classifies statement text that may pin, or returns nil.
 func (s *session) classifySQL(text []byte) *sqlclass.Class {
-	if s.srv.classifier == nil || s.mode == sessionMode || !mayPin(text) {
+	if !s.srv.cfg.PinOnSessionState || s.srv.classifier == nil || s.mode == sessionMode || !mayPin(text) {
 		return nil
 	}
 	return s.srv.classifier.Classify(string(bytes.TrimRight(text, "\x00")))
@@ -299,6 +299,7 @@ func (s *session) settlePins(status byte) {
 			continue
 		}
 		pt.apply(e, s.tracksParameter)
+		s.hubEffect(e)
 	}
 	text := pt.txText
 	pt.tx, pt.txText, pt.lastRollback = pt.tx[:0], "", false

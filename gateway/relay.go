@@ -97,6 +97,10 @@ func (s *session) backendData(c *pool.Conn, b []byte) {
 		s.srv.log.Warn("backend protocol error", "backend", c.Addr(), "err", err)
 		s.fatal("08006", fmt.Sprintf("server connection failed: %v", err))
 	}
+	if s.overflowed && c.Frames.AtBoundary() {
+		s.overflowed = false
+		s.notificationsOverflowed()
+	}
 	s.unthrottle()
 }
 
@@ -170,6 +174,9 @@ func (s *session) complete(f *wire.Frame) {
 		if s.mode != sessionMode && f.Whole {
 			if tag := f.Body; bytes.HasPrefix(tag, []byte("DISCARD ALL")) || bytes.HasPrefix(tag, []byte("DEALLOCATE ALL")) {
 				s.be.StmtClear()
+			}
+			if bytes.HasPrefix(f.Body, []byte("DISCARD ALL")) && (head == nil || head.act != actSwallow) {
+				s.dropSubscriptions() // DISCARD ALL includes UNLISTEN *
 			}
 			if s.pt != nil && (head == nil || head.act != actSwallow) {
 				s.pt.lastRollback = bytes.Equal(bytes.TrimRight(f.Body, "\x00"), []byte("ROLLBACK"))

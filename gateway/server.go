@@ -40,8 +40,12 @@ type Server struct {
 
 	settings settingsTable // tracked parameters shared between sessions
 
-	classifier *sqlclass.Classifier // nil unless --pin-on-session-state
+	classifier *sqlclass.Classifier // nil unless --pin-on-session-state or --listen-fanout
 	pinned     atomic.Int64         // clients pinned to their backend by session state
+
+	hubMu      sync.Mutex
+	hubs       map[string]*hub // LISTEN fan-out, by database alias
+	hubsClosed bool
 }
 
 type poolKey struct{ database, user string }
@@ -72,7 +76,7 @@ func New(cfg Config) (*Server, error) {
 		pools:   make(map[poolKey]*pool.Pool),
 		cancels: make(map[cancelKey]*session),
 	}
-	if cfg.PinOnSessionState {
+	if cfg.PinOnSessionState || cfg.ListenFanout {
 		s.classifier = sqlclass.New(cfg.ParseCacheSize)
 	}
 	driver, err := loop.New(cfg.LoopDriver, loop.Config{MaxOutput: cfg.MaxOutput, Loops: cfg.Loops})
@@ -167,6 +171,13 @@ func (s *Server) Shutdown() {
 	for _, p := range pools {
 		p.Close()
 	}
+	s.hubMu.Lock()
+	hubs := s.hubs
+	s.hubs, s.hubsClosed = nil, true
+	s.hubMu.Unlock()
+	for _, h := range hubs {
+		h.close()
+	}
 }
 
 // Pools returns the pools opened so far.
@@ -188,13 +199,7 @@ func (s *Server) pool(db *database, user string) *pool.Pool {
 	if p, ok := s.pools[key]; ok {
 		return p
 	}
-	conn := db.conn.Copy()
-	if !db.ownUser {
-		conn.User = user
-		if pw, ok := s.users.Load().Password(user); ok {
-			conn.Password = pw
-		}
-	}
+	conn := s.connConfig(db, user)
 	size := s.cfg.PoolSize
 	if db.poolSize > 0 {
 		size = db.poolSize
@@ -217,6 +222,49 @@ func (s *Server) pool(db *database, user string) *pool.Pool {
 	})
 	s.pools[key] = p
 	return p
+}
+
+// connConfig is how a backend connection for user's work on db logs in: as the DSN's user, or
+// else as the client's own user with its plaintext secret from the auth file.
+func (s *Server) connConfig(db *database, user string) *pgconn.Config {
+	conn := db.conn.Copy()
+	if !db.ownUser {
+		conn.User = user
+		if pw, ok := s.users.Load().Password(user); ok {
+			conn.Password = pw
+		}
+	}
+	return conn
+}
+
+// hub returns the LISTEN fan-out hub of a database alias, starting it on first use; its listener
+// connection logs in as a backend connection for user would. Nil after Shutdown.
+func (s *Server) hub(db *database, user string) *hub {
+	s.hubMu.Lock()
+	defer s.hubMu.Unlock()
+	if s.hubsClosed {
+		return nil
+	}
+	if h, ok := s.hubs[db.name]; ok {
+		return h
+	}
+	if s.hubs == nil {
+		s.hubs = make(map[string]*hub)
+	}
+	h := newHub(s, db.name, s.connConfig(db, user))
+	s.hubs[db.name] = h
+	return h
+}
+
+// ListenChannels reports how many channels the LISTEN fan-out hubs' connections listen on.
+func (s *Server) ListenChannels() int {
+	s.hubMu.Lock()
+	defer s.hubMu.Unlock()
+	n := 0
+	for _, h := range s.hubs {
+		n += int(h.listening.Load())
+	}
+	return n
 }
 
 // poller serves backend connections on the client loops when the driver has loops.

@@ -72,6 +72,10 @@ type session struct {
 
 	pt *pinTrack // session state that pins the client to its backend; nil until it may have some
 
+	sub        *subscriber // LISTEN fan-out subscriptions; nil until the client's first LISTEN through the hub
+	hubWait    bool        // a LISTEN waits for the hub's listener connection: what follows waits too
+	overflowed bool        // notifications overflowed: disconnect once the backend message being relayed ends
+
 	cancelling bool          // a CancelRequest is on its way to the backend
 	cancelDone chan struct{} // closed when it has been delivered
 	barrier    bool          // a cancel was delivered: prove the backend saw it before release
@@ -309,10 +313,19 @@ func (s *session) authenticated() {
 func (s *session) acquire() {
 	p := s.pool
 	s.waiting = true
-	c, withdraw, err := p.AcquireOn(s.io.Loop(), func(c *pool.Conn, err error) {
+	handOver := func(c *pool.Conn, err error) {
 		if !s.io.Exec(func() { s.backendReady(c, err) }) && c != nil {
 			p.Return(c) // the client left while waiting; the connection is untouched
 		}
+	}
+	c, withdraw, err := p.AcquireOn(s.io.Loop(), func(c *pool.Conn, err error) {
+		if !loop.OnLoop() {
+			// Exec would wait for the client's loop here, and whoever gave the connection back
+			// may hold a lock that loop needs (a drainer's): never wait on the giver's goroutine.
+			go handOver(c, err)
+			return
+		}
+		handOver(c, err)
 	})
 	switch {
 	case err != nil:
@@ -372,19 +385,33 @@ func (s *session) ready() {
 	s.afterUnit()
 }
 
-// sendQueued relays what the client sent while it waited for its backend.
+// sendQueued passes on what the client sent while it waited for its backend or for the hub. The
+// frames not yet passed on stay queued meanwhile, so that a unit the gateway answers itself does
+// not give the backend back while they still need it.
 func (s *session) sendQueued() {
-	queued := s.queued
-	s.queued, s.queuedBytes = nil, 0
-	for i := range queued {
-		q := &queued[i]
+	for len(s.queued) > 0 && !s.hubWait && s.state != stClosed {
+		q := s.queued[0]
 		f := wire.Frame{Type: q.typ, Len: q.length, Raw: q.raw, Whole: q.whole, First: q.first, Last: q.last}
 		if q.whole {
 			f.Body = q.raw[len(q.raw)-q.length:]
 		}
-		s.relay(&f)
-		if s.state == stClosed {
+		e, hub := s.hubCommand(&f)
+		if !hub && s.be == nil {
+			if !s.waiting {
+				s.acquire() // the backend went back while the hub answered
+			}
 			return
+		}
+		s.queued[0] = queuedFrame{}
+		s.queued = s.queued[1:]
+		s.queuedBytes -= len(q.raw)
+		if len(s.queued) == 0 {
+			s.queued = nil
+		}
+		if hub {
+			s.runHubCommand(e)
+		} else {
+			s.relay(&f)
 		}
 	}
 	s.unthrottle()
@@ -397,11 +424,17 @@ func (s *session) clientMessage(f *wire.Frame) {
 		s.io.Close()
 		return
 	}
-	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && f.First {
+	if len(s.queued) == 0 {
+		if e, ok := s.hubCommand(f); ok {
+			s.runHubCommand(e) // LISTEN fan-out: no backend needed
+			return
+		}
+	}
+	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && !s.hubWait && f.First {
 		s.disarm()
 		s.acquire() // often answered at once, and then f goes straight through
 	}
-	if s.be == nil || s.state != stLinked || len(s.queued) > 0 {
+	if s.be == nil || s.state != stLinked || len(s.queued) > 0 || s.hubWait {
 		s.queue(f)
 		return
 	}
@@ -415,16 +448,18 @@ func (s *session) queue(f *wire.Frame) {
 		whole: f.Whole, first: f.First, last: f.Last,
 	})
 	s.queuedBytes += len(f.Raw)
-	if s.state == stLinked && s.be == nil && !s.waiting {
+	if s.state == stLinked && s.be == nil && !s.waiting && !s.hubWait {
 		s.disarm()
 		s.acquire()
 	}
 }
 
-// afterUnit runs whenever the backend may have finished all it owed: it gives the backend back
-// when the pool mode says so, and arms the deadline that fits what the client does now.
+// afterUnit runs whenever the backend may have finished all it owed: it hands the client the
+// notifications that waited for the end of its transaction, gives the backend back when the pool
+// mode says so, and arms the deadline that fits what the client does now.
 func (s *session) afterUnit() {
-	if s.state != stLinked || !s.slots.empty() || s.unsynced || s.copyIn || len(s.queued) > 0 {
+	s.deliverNotifications()
+	if s.state != stLinked || !s.slots.empty() || s.unsynced || s.copyIn || len(s.queued) > 0 || s.hubWait {
 		return
 	}
 	if s.txStatus == 'I' {
@@ -518,6 +553,9 @@ func (s *session) OnClose(error) {
 	if s.pt != nil && s.pt.counted {
 		s.pt.counted = false
 		s.srv.pinned.Add(-1)
+	}
+	if s.sub != nil {
+		s.sub.hub.unsubscribeAll(s.sub)
 	}
 	s.in.Reset()
 	if be := s.be; be != nil {

@@ -54,6 +54,11 @@ func run(args []string) error {
 		cfg.PinOnSessionState = on
 		return err
 	})
+	fs.Func("listen-fanout", "on: in transaction and statement modes, LISTEN and UNLISTEN sent as a query of their own outside a transaction are served by one listener connection per database, which passes notifications on without pinning the client; off: LISTEN pins (default off)", func(v string) error {
+		on, err := parseOnOff(v)
+		cfg.ListenFanout = on
+		return err
+	})
 	durationVar(fs, &cfg.MaxPinnedTime, "max-pinned-time", "disconnect a client pinned to its backend by session state this long (0: no limit)")
 	fs.IntVar(&cfg.ParseCacheSize, "parse-cache-size", cfg.ParseCacheSize, "statement classifications cached by text (0: no cache)")
 	fs.IntVar(&cfg.MaxQuerySize, "max-query-size", cfg.MaxQuerySize, "largest message the gateway reads whole (Parse, Bind, … in transaction and statement modes), in bytes")
