@@ -32,7 +32,7 @@ func (s *session) startupSettings(c *pool.Conn) string {
 			want[name] = value
 		}
 	}
-	return setCommands(c, want)
+	return settingsFor(c, want)
 }
 
 // trackedSettings is what the client expects of every backend, read off the one that served its
@@ -62,19 +62,54 @@ func (s *session) trackedSettings(c *pool.Conn) map[string]string {
 	return out
 }
 
-// followSettings gives a backend the client's tracked parameters that it does not have yet.
+// followSettings gives a backend the client's tracked parameters that it does not have yet, and
+// takes back what the gateway set there for an earlier client and this one does not want: the
+// server does not report those parameters, so nothing else would undo them.
 func (s *session) followSettings(c *pool.Conn) string {
-	return setCommands(c, s.desired)
+	return settingsFor(c, s.desired)
 }
 
-// setCommands returns SET commands for the settings c lacks, and records them as set.
+// settingsFor returns the commands that give c the settings in want and undo the ones the gateway
+// set on it for another client.
+func settingsFor(c *pool.Conn, want map[string]string) string {
+	var reset strings.Builder
+	for name := range c.Settings {
+		if _, _, wanted := lookupIn(want, name); !wanted {
+			fmt.Fprintf(&reset, "RESET %s;", quoteIdent(name))
+			delete(c.Settings, name)
+		}
+	}
+	return reset.String() + setCommands(c, want)
+}
+
+// lookupIn finds name in m without regard to case.
+func lookupIn(m map[string]string, name string) (key, value string, ok bool) {
+	if v, ok := m[name]; ok {
+		return name, v, true
+	}
+	for k, v := range m {
+		if strings.EqualFold(k, name) {
+			return k, v, true
+		}
+	}
+	return "", "", false
+}
+
+// setCommands returns a query giving c the settings it lacks, and records them as set. It uses
+// set_config, which takes a value as the startup packet and ParameterStatus carry it: `SET
+// search_path = 'a, b'` would name one schema "a, b".
 func setCommands(c *pool.Conn, want map[string]string) string {
 	var b strings.Builder
 	for name, value := range want {
 		if _, have, ok := lookupSetting(c, name); ok && have == value {
 			continue
 		}
-		fmt.Fprintf(&b, "SET %s = %s;", quoteIdent(name), quoteLiteral(value))
+		if b.Len() == 0 {
+			b.WriteString("SELECT ")
+		} else {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "set_config(%s, %s, false)", quoteLiteral(name), quoteLiteral(value))
 		if _, reported := c.Params[name]; !reported {
 			c.Settings[name] = value
 		}

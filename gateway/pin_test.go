@@ -267,3 +267,55 @@ func TestMaxPinnedTime(t *testing.T) {
 		t.Fatalf("the backend did not come back: %v", err)
 	}
 }
+
+// search_path follows a client only if the server reports it (PostgreSQL 18); before that a SET
+// pins, and in no case does one client's search_path reach another.
+func TestSearchPathNeverLeaks(t *testing.T) {
+	g := startGateway(t, transactionMode(1))
+	ctx := ctxT(t)
+	setup := direct(t)
+	if _, err := setup.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS leak_s; CREATE TABLE IF NOT EXISTS leak_s.only_here (v int); TRUNCATE leak_s.only_here; INSERT INTO leak_s.only_here VALUES (7)"); err != nil {
+		t.Fatal(err)
+	}
+	var def string
+	if err := setup.QueryRow(ctx, "SELECT reset_val FROM pg_settings WHERE name = 'search_path'").Scan(&def); err != nil {
+		t.Fatal(err)
+	}
+
+	// Set at startup: the gateway sets it on each backend for this client, and undoes it for
+	// the next one.
+	cfg, err := pgx.ParseConfig(g.dsn(appUser, appPassword, testDatabase))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["search_path"] = "leak_s, public"
+	a, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := expectInt(ctx, a, 7, "SELECT v FROM only_here"); err != nil {
+		t.Fatal(err)
+	}
+	a.Close(ctx)
+	b := g.connect(t)
+	var got string
+	if err := b.QueryRow(ctx, "SHOW search_path").Scan(&got); err != nil || got != def {
+		t.Fatalf("next client's search_path %q (%v), want the default %q", got, err, def)
+	}
+
+	// Set in a session: it keeps working for the client, and the next one does not see it.
+	if _, err := b.Exec(ctx, "SET search_path = leak_s, public"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := expectInt(ctx, b, 7, "SELECT v FROM only_here"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close(ctx)
+	c := g.connect(t)
+	eventually(t, "a backend for the next client", func() bool { return c.QueryRow(ctx, "SHOW search_path").Scan(&got) == nil })
+	if got != def {
+		t.Fatalf("next client's search_path %q, want the default %q", got, def)
+	}
+}

@@ -325,8 +325,14 @@ func (s *session) settlePins(status byte) {
 func (s *session) pinned() bool { return s.pt != nil && s.pt.held() }
 
 // tracksParameter reports whether a parameter follows the client between backends, so that
-// setting it does not pin.
+// setting it does not pin. Following relies on the server reporting the new value
+// (ParameterStatus): a tracked parameter it does not report (search_path before PostgreSQL 18)
+// pins like any other, or the next backend would miss the client's value and keep it for the
+// next client.
 func (s *session) tracksParameter(name string) bool {
+	if s.be == nil || !reported(s.be.Params, name) {
+		return false
+	}
 	for _, t := range trackedParameters {
 		if strings.EqualFold(t, name) {
 			return true
@@ -339,6 +345,15 @@ func (s *session) tracksParameter(name string) bool {
 	}
 	for t := range s.desired {
 		if strings.EqualFold(t, name) {
+			return true
+		}
+	}
+	return false
+}
+
+func reported(params map[string]string, name string) bool {
+	for k := range params {
+		if strings.EqualFold(k, name) {
 			return true
 		}
 	}

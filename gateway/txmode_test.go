@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -523,4 +524,57 @@ func TestCancelDrainTimeoutClosesStuckBackend(t *testing.T) {
 	if err := next.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&other); err != nil || other == pid {
 		t.Fatalf("next client: backend %d (stuck one %d), %v", other, pid, err)
 	}
+}
+
+// With several event loops the pool prefers handing a backend to a waiter of its own loop, but
+// never at the price of a waiter of another loop: each new client here must be served while
+// others keep the pool busy.
+func TestNoWaiterStarvesAcrossLoops(t *testing.T) {
+	g := startGateway(t, func(c *gateway.Config) {
+		transactionMode(2)(c)
+		c.Loops = 2
+		c.QueryWaitTimeout = 3 * time.Second
+	})
+	ctx := ctxT(t)
+	holder := g.connect(t)
+	if _, err := holder.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var busy sync.WaitGroup
+	for range 4 {
+		busy.Add(1)
+		go func() {
+			defer busy.Done()
+			conn, err := g.connectAs(appUser, appPassword, testDatabase)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close(context.Background())
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := conn.Exec(ctx, "SELECT pg_sleep(0.002)"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	for i := range 20 {
+		conn, err := g.connectAs(appUser, appPassword, testDatabase)
+		if err == nil {
+			_, err = conn.Exec(ctx, "SELECT 1")
+			conn.Close(ctx)
+		}
+		if err != nil {
+			t.Errorf("new client %d: %v", i, err)
+		}
+	}
+	close(stop)
+	busy.Wait()
 }

@@ -61,6 +61,7 @@ type Pool struct {
 
 type waiter struct {
 	loop    int // the lender's loop, for locality
+	passed  int // times a connection went to a waiter behind it (guarded by Pool.mu)
 	deliver func(*Conn, error)
 	stop    func() bool // the wait timer
 	done    bool        // delivered, timed out or withdrawn (guarded by Pool.mu)
@@ -156,8 +157,12 @@ func (p *Pool) pickIdle(i int) int {
 
 // localWindow is how far down the wait queue a released connection looks for a waiter of its own
 // loop: far enough to find one most of the time with a few loops, near enough that the wait
-// order stays first come, first served within a handful of places.
-const localWindow = 4
+// order stays first come, first served within a handful of places. maxPassed bounds how often
+// the first waiter may be passed over that way, so that no waiter starves.
+const (
+	localWindow = 4
+	maxPassed   = 2
+)
 
 func (p *Pool) timeout(w *waiter) {
 	if !p.withdraw(w) {
@@ -216,9 +221,12 @@ func (p *Pool) popWaiter() *waiter { return p.popWaiterAt(0) }
 // popWaiterFor takes the waiter c should go to: the first one of c's loop within localWindow,
 // else the first.
 func (p *Pool) popWaiterFor(c *Conn) *waiter {
-	if c.loop >= 0 {
+	if c.loop >= 0 && p.waiters[0].passed < maxPassed {
 		for k := range min(len(p.waiters), localWindow) {
 			if p.waiters[k].loop == c.loop {
+				for _, w := range p.waiters[:k] {
+					w.passed++
+				}
 				return p.popWaiterAt(k)
 			}
 		}
