@@ -41,6 +41,9 @@ type Config struct {
 	TrackExtraParameters []string // parameters that follow the client besides the standard ones
 	MaxQuerySize         int      // bound on messages the gateway reads whole (Parse, Bind, …)
 
+	BreakerFailures int           // backend failures in a row that open its circuit breaker (0: off)
+	BreakerOpenTime time.Duration // how long an open breaker refuses before probing
+
 	PinOnSessionState bool          // keep a client on its backend while it holds session state
 	MaxPinnedTime     time.Duration // longest a client may stay pinned (0: no limit)
 	ParseCacheSize    int           // statement classifications cached by text
@@ -80,6 +83,8 @@ func Defaults() Config {
 		CancelDrainTimeout:   10 * time.Second,
 		MaxPrepared:          200,
 		PinOnSessionState:    true,
+		BreakerFailures:      5,
+		BreakerOpenTime:      10 * time.Second,
 		ParseCacheSize:       10000,
 		MaxQuerySize:         64 << 20,
 		UserPoolMode:         map[string]string{},

@@ -218,6 +218,7 @@ func (s *Server) pool(db *database, user string) *pool.Pool {
 		CheckDelay:     s.cfg.ServerCheckDelay,
 		ResetQuery:     s.cfg.ServerResetQuery,
 		Poller:         s.poller(),
+		Breaker:        pool.BreakerConfig{Failures: s.cfg.BreakerFailures, OpenFor: s.cfg.BreakerOpenTime},
 		Log:            s.log,
 	})
 	s.pools[key] = p

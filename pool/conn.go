@@ -2,9 +2,11 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -85,6 +87,9 @@ type Conn struct {
 	mu   sync.Mutex
 	sink Sink
 	err  error // why it broke; set once
+
+	closing atomic.Bool // Close was called: a close that follows is the pool's doing
+	failed  atomic.Bool // counted as a backend failure already
 }
 
 // Addr names the backend in messages.
@@ -215,6 +220,7 @@ func (c *Conn) Cancel(ctx context.Context) error {
 
 // Close closes the connection; the pool forgets it when its reader sees the close.
 func (c *Conn) Close() {
+	c.closing.Store(true)
 	if c.stream != nil {
 		c.stream.Close()
 		return
@@ -281,5 +287,8 @@ func (c *Conn) broke(err error) {
 	c.out.Fail(err)
 	close(c.gone)
 	s.BackendClosed(c, err)
-	c.pool.forget(c)
+	// A close of our own (Close, Discard: the reader then sees net.ErrClosed) is no failure; an end
+	// the server or the network chose is, also when the reader saw it before a lender's Close
+	// (a FATAL answer, then EOF). A failed write closes the socket without Close, and counts.
+	c.pool.forget(c, !c.closing.Load() || !errors.Is(err, net.ErrClosed))
 }

@@ -11,12 +11,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/sony/gobreaker/v2"
 
 	"github.com/asyncgate/asyncgate/wire"
 )
@@ -38,6 +40,7 @@ type Config struct {
 	ResetQuery     string        // run by Release, before the next lender ("" to skip)
 	MaxPrepared    int           // statements cached per connection (0: no bound)
 	Poller         Poller        // serves plaintext connections on event loops (nil: goroutines)
+	Breaker        BreakerConfig // stops connecting to a failing backend (zero: off)
 
 	Log *slog.Logger
 }
@@ -49,10 +52,14 @@ type Pool struct {
 	cancel context.CancelFunc
 	log    *slog.Logger
 
+	breaker  *breaker      // nil when off
+	failures atomic.Uint64 // backend failures seen, breaker or not
+
 	mu         sync.Mutex
 	all        map[*Conn]struct{}
 	idle       []*Conn // most recently used last
 	connecting int
+	checking   int // idle connections taken out for a health check
 	waiters    []*waiter
 	closed     bool
 
@@ -74,6 +81,9 @@ func New(cfg Config) *Pool {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Pool{cfg: cfg, ctx: ctx, cancel: cancel, log: cfg.Log.With("pool", cfg.Name), all: make(map[*Conn]struct{})}
+	p.breaker = newBreaker(cfg.Name, cfg.Breaker, func(from, to gobreaker.State) {
+		p.log.Warn("circuit breaker "+to.String(), "backend", p.target(), "from", from.String())
+	})
 	p.wg.Add(1)
 	go p.janitor()
 	return p
@@ -85,13 +95,22 @@ func (p *Pool) Name() string { return p.cfg.Name }
 // Stats is a snapshot of the pool's counters.
 type Stats struct {
 	Open, Idle, Connecting, Waiting int
+
+	BackendFailures uint64 // failed connects, broken connections and failed health checks
+	BreakerOpens    uint64 // times the circuit breaker opened
+	BreakerRejects  uint64 // requests refused, and waiters failed, because it was open
 }
 
-// Stats reports the pool's current sizes.
+// Stats reports the pool's current sizes and its counters since New.
 func (p *Pool) Stats() Stats {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return Stats{Open: len(p.all), Idle: len(p.idle), Connecting: p.connecting, Waiting: len(p.waiters)}
+	s := Stats{Open: len(p.all), Idle: len(p.idle), Connecting: p.connecting, Waiting: len(p.waiters)}
+	p.mu.Unlock()
+	s.BackendFailures = p.failures.Load()
+	if b := p.breaker; b != nil {
+		s.BreakerOpens, s.BreakerRejects = b.opens.Load(), b.rejects.Load()
+	}
+	return s
 }
 
 // Acquire lends a connection. When one is idle and nobody waits it is returned at once. When the
@@ -122,6 +141,11 @@ func (p *Pool) AcquireOn(i int, deliver func(*Conn, error)) (c *Conn, withdraw f
 			p.mu.Unlock()
 			return c, nil, nil
 		}
+	}
+	if len(p.idle) == 0 && p.breaker.open() {
+		// Nothing idle and no connection may be opened: queueing would only delay the error.
+		p.mu.Unlock()
+		return nil, nil, p.breakerError()
 	}
 	if p.cfg.MaxQueue > 0 && len(p.waiters) >= p.cfg.MaxQueue {
 		p.mu.Unlock()
@@ -190,7 +214,8 @@ func (p *Pool) withdraw(w *waiter) bool {
 }
 
 // dispatch matches waiters with idle connections and starts connections for the rest, within
-// Size. It runs under p.mu and returns what must happen after the lock is released.
+// Size and as far as the circuit breaker lets it. It runs under p.mu and returns what must happen
+// after the lock is released.
 func (p *Pool) dispatch() (run func()) {
 	var lend []func()
 	for len(p.waiters) > 0 && len(p.idle) > 0 {
@@ -198,6 +223,7 @@ func (p *Pool) dispatch() (run func()) {
 		p.idle = p.idle[:len(p.idle)-1]
 		if time.Since(c.lastUsed) >= p.cfg.CheckDelay {
 			// Checked off the waiters' path; it comes back through put when healthy.
+			p.checking++
 			lend = append(lend, func() { p.check(c) })
 			continue
 		}
@@ -205,9 +231,22 @@ func (p *Pool) dispatch() (run func()) {
 		lend = append(lend, func() { go w.deliver(c, nil) })
 	}
 	for want := len(p.waiters) - p.connecting; want > 0 && len(p.all)+p.connecting < p.cfg.Size; want-- {
+		report, ok := p.breaker.allowConnect()
+		if !ok {
+			break // open, or half-open with its probes under way
+		}
 		p.connecting++
 		p.wg.Add(1)
-		go p.open(p.waiters[len(p.waiters)-want].loop)
+		go p.open(p.waiters[len(p.waiters)-want].loop, report)
+	}
+	if len(p.waiters) > p.connecting+p.checking && p.breaker.open() {
+		// Only the connects and health checks already under way can still serve anyone: the
+		// waiters beyond them are told now, the latest first, rather than at their wait timeout.
+		for len(p.waiters) > p.connecting+p.checking {
+			w := p.popWaiterAt(len(p.waiters) - 1)
+			err := p.breakerError()
+			lend = append(lend, func() { go w.deliver(nil, err) })
+		}
 	}
 	return func() {
 		for _, f := range lend {
@@ -250,10 +289,19 @@ func (p *Pool) popWaiterAt(k int) *waiter {
 }
 
 // open adds one connection, served by loop i when there is a Poller, then lends it or keeps it
-// idle.
-func (p *Pool) open(i int) {
+// idle. report tells the circuit breaker how the connect went.
+func (p *Pool) open(i int, report func(error)) {
 	defer p.wg.Done()
 	c, err := p.connect()
+	switch {
+	case p.ctx.Err() != nil:
+		report(errNotCounted) // our own shutdown says nothing about the backend
+	case err != nil:
+		p.failures.Add(1)
+		report(err)
+	default:
+		report(nil)
+	}
 	p.mu.Lock()
 	p.connecting--
 	if err != nil {
@@ -269,11 +317,16 @@ func (p *Pool) open(i int) {
 				failed = append(failed, p.popWaiter())
 			}
 		}
+		run := func() {}
+		if p.breaker.open() {
+			run = p.dispatch() // fails the rest
+		}
 		p.mu.Unlock()
 		p.log.Warn("backend connect failed", "err", err)
 		for _, w := range failed {
 			go w.deliver(nil, err)
 		}
+		run()
 		return
 	}
 	if p.closed {
@@ -284,7 +337,12 @@ func (p *Pool) open(i int) {
 	p.all[c] = struct{}{}
 	p.mu.Unlock()
 	p.serve(c, i)
-	p.put(c)
+	p.put(c, false)
+	// A probe that closed a half-open breaker: the waiters queued behind it need connects too.
+	p.mu.Lock()
+	run := p.dispatch()
+	p.mu.Unlock()
+	run()
 }
 
 // serve starts reading and writing c: on loop i of the Poller when the socket is a plain one,
@@ -299,6 +357,7 @@ func (p *Pool) serve(c *Conn, i int) {
 				return
 			}
 			unix.Close(fd)
+			c.failed.Store(true) // a loop that cannot take the socket says nothing of the backend
 			c.broke(err)
 			return
 		}
@@ -345,9 +404,14 @@ func detach(nc net.Conn) (int, error) {
 
 // put makes c available: to the first waiter, or idle. A connection that was just opened or
 // checked goes to a waiter as it is; one that comes out of the idle list may need a check first.
-func (p *Pool) put(c *Conn) {
+// checked says c comes from a health check: it stops counting as one under the same lock that
+// gives it to a waiter, so that an open breaker never fails the waiter it was meant for.
+func (p *Pool) put(c *Conn, checked bool) {
 	c.SetSink(idleSink{})
 	p.mu.Lock()
+	if checked {
+		p.checking--
+	}
 	c.lastUsed = time.Now()
 	if p.closed || c.Err() != nil {
 		p.mu.Unlock()
@@ -392,11 +456,12 @@ func (p *Pool) Release(c *Conn) {
 // statement pooling its session state is the gateway's to manage, and its prepared statements
 // are worth keeping.
 func (p *Pool) Return(c *Conn) {
+	p.connOK(c)
 	if p.tooOld(c) {
 		c.Close()
 		return
 	}
-	p.put(c)
+	p.put(c, false)
 }
 
 // tooOld reports whether c has outlived --server-lifetime.
@@ -409,18 +474,24 @@ func (p *Pool) check(c *Conn) {
 	p.run(c, "", func(err error) {
 		if err != nil {
 			p.log.Info("closing backend that failed its health check", "backend", c.Addr(), "err", err)
+			p.mu.Lock()
+			p.checking--
+			p.mu.Unlock()
+			p.connFailed(c)
 			c.Close()
 			return
 		}
-		p.put(c)
+		p.connOK(c)
+		p.put(c, true)
 	})
 }
 
 // Discard closes a connection whose state is unknown (mid-query, inside a transaction, broken).
 func (p *Pool) Discard(c *Conn) { c.Close() }
 
-// forget drops a closed connection; a waiter may now get a new one.
-func (p *Pool) forget(c *Conn) {
+// forget drops a closed connection; a waiter may now get a new one. failed says the backend or
+// the network ended it, which the circuit breaker counts.
+func (p *Pool) forget(c *Conn, failed bool) {
 	p.mu.Lock()
 	delete(p.all, c)
 	for i, x := range p.idle {
@@ -428,6 +499,11 @@ func (p *Pool) forget(c *Conn) {
 			p.idle = append(p.idle[:i], p.idle[i+1:]...)
 			break
 		}
+	}
+	if failed {
+		// Counted after c is out of the idle list and before dispatch: if this opens the
+		// breaker, the waiters hear it now, and none is handed c.
+		p.connFailed(c)
 	}
 	run := p.dispatch()
 	p.mu.Unlock()
@@ -479,9 +555,13 @@ func (p *Pool) janitor() {
 		}
 		p.idle = keep
 		for n := len(p.all) - len(retire) + p.connecting; n < p.cfg.MinSize && n < p.cfg.Size; n++ {
+			report, ok := p.breaker.allowConnect()
+			if !ok {
+				break
+			}
 			p.connecting++
 			p.wg.Add(1)
-			go p.open(-1)
+			go p.open(-1, report)
 		}
 		p.mu.Unlock()
 		for _, c := range retire {

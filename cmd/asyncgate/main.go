@@ -76,6 +76,8 @@ func run(args []string) error {
 	durationVar(fs, &cfg.ServerLifetime, "server-lifetime", "backend connections older than this are closed when released (0: never)")
 	durationVar(fs, &cfg.ServerIdleTimeout, "server-idle-timeout", "idle backend connections beyond --min-pool-size are closed after this (0: never)")
 	durationVar(fs, &cfg.ServerCheckDelay, "server-check-delay", "a backend idle this long is health-checked before reuse (0: always)")
+	fs.IntVar(&cfg.BreakerFailures, "breaker-failures", cfg.BreakerFailures, "backend failures in a row (connects, broken connections, health checks; never SQL errors) that open its circuit breaker: clients then get 08006 at once (0: no breaker)")
+	durationVar(fs, &cfg.BreakerOpenTime, "breaker-open-time", "how long an open circuit breaker refuses before it lets a probe connect through")
 	durationVar(fs, &cfg.CancelTimeout, "cancel-timeout", "budget for forwarding one cancel request to a backend")
 	fs.StringVar(&cfg.ServerResetQuery, "server-reset-query", cfg.ServerResetQuery, "run on a backend before the next client gets it")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate offered to clients")
