@@ -1,0 +1,41 @@
+package hedge
+
+import "sync/atomic"
+
+// Stats counts one database's hedging, for metrics and SHOW commands. The Budget counts Sent,
+// Hedged and Denied; the gateway counts the outcome of each Race. Counters only grow.
+type Stats struct {
+	Sent       atomic.Uint64 // original requests that could have been hedged
+	Hedged     atomic.Uint64 // hedges sent: after the delay, or at once after a failure
+	WonByHedge atomic.Uint64 // races the hedge won
+	Cancelled  atomic.Uint64 // attempts cancelled because another won or the request ended
+	Denied     atomic.Uint64 // hedges the budget refused
+}
+
+// StatsSnapshot is a copy of Stats at one moment (each counter read atomically, not all of
+// them together).
+type StatsSnapshot struct {
+	Sent, Hedged, WonByHedge, Cancelled, Denied uint64
+}
+
+// Snapshot reads the counters.
+func (s *Stats) Snapshot() StatsSnapshot {
+	return StatsSnapshot{
+		Sent:       s.Sent.Load(),
+		Hedged:     s.Hedged.Load(),
+		WonByHedge: s.WonByHedge.Load(),
+		Cancelled:  s.Cancelled.Load(),
+		Denied:     s.Denied.Load(),
+	}
+}
+
+// Decided records a race's outcome: the winner FirstFrame reported and the attempts it or
+// Abort said to cancel. winner is -1 for a race without one.
+func (s *Stats) Decided(winner int, cancelled []int) {
+	if winner > 0 {
+		s.WonByHedge.Add(1)
+	}
+	if len(cancelled) > 0 {
+		s.Cancelled.Add(uint64(len(cancelled)))
+	}
+}
