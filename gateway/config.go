@@ -12,7 +12,14 @@ import (
 // Config is everything the gateway is told by flags and the config file.
 type Config struct {
 	Listen    string
-	Databases map[string]string // alias → backend DSN (postgres://user:pass@host:port/db?sslmode=…)
+	Databases map[string]string   // alias → backend DSN (postgres://user:pass@host:port/db?sslmode=…)
+	Replicas  map[string][]string // alias → DSNs of streaming replicas of its primary
+
+	ReadRouting          string        // off | explicit | auto (per database: read_routing= in its DSN)
+	ReadFunctions        []string      // functions a routed read may call besides the built-in and loaded ones
+	LagCheckInterval     time.Duration // how often each replica's replay lag is measured
+	MaxReplicaLag        time.Duration // a replica further behind gets no reads (0: lag is not checked)
+	ReadYourWritesWindow time.Duration // after a client's write its reads stay on the primary this long (0: off)
 
 	AuthType auth.Method
 	AuthFile string
@@ -67,6 +74,10 @@ func Defaults() Config {
 		Listen:               "127.0.0.1:6432",
 		LoopDriver:           defaultLoopDriver,
 		Databases:            map[string]string{},
+		Replicas:             map[string][]string{},
+		ReadRouting:          "off",
+		LagCheckInterval:     time.Second,
+		MaxReplicaLag:        10 * time.Second,
 		AuthType:             auth.SCRAMSHA256,
 		PoolMode:             "session",
 		PoolSize:             20,
@@ -125,6 +136,17 @@ func (c *Config) validate() error {
 	}
 	if len(c.Databases) == 0 {
 		return fmt.Errorf("no --database given")
+	}
+	if _, err := parseReadRouting(c.ReadRouting); err != nil {
+		return fmt.Errorf("--read-routing: %w", err)
+	}
+	for name := range c.Replicas {
+		if _, ok := c.Databases[name]; !ok {
+			return fmt.Errorf("--replica %s=…: no --database %s=… names its primary", name, name)
+		}
+	}
+	if len(c.Replicas) > 0 && c.LagCheckInterval <= 0 && c.MaxReplicaLag > 0 {
+		return fmt.Errorf("--lag-check-interval must be positive while --max-replica-lag is set")
 	}
 	return nil
 }

@@ -25,7 +25,14 @@ import (
 var backend *pgtest.Cluster
 
 func TestMain(m *testing.M) {
-	os.Exit(pgtest.Main(m, pgtest.Options{MaxConnections: 300}, 0, &backend))
+	code := pgtest.Main(m, pgtest.Options{MaxConnections: 300}, 0, &backend)
+	if err := stopReplicaSet(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 const (

@@ -18,6 +18,7 @@ type stmt struct {
 	backendName string
 	parse       []byte          // the Parse message that prepares it under backendName
 	class       *sqlclass.Class // when it may pin: what binding it does to session state
+	routeClass  *sqlclass.Class // with read routing: whether binding it may run on a replica
 }
 
 // query returns the statement's text.
@@ -48,6 +49,9 @@ func (s *session) relayStatement(f *wire.Frame) bool {
 		st := newStmt(rest)
 		if q, _, ok := cut(rest); ok {
 			st.class = s.classifySQL(q)
+			if s.routing() {
+				st.routeClass = s.readClass(q)
+			}
 		}
 		if s.stmts == nil {
 			s.stmts = make(map[string]*stmt) // only clients that prepare statements pay for it

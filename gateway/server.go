@@ -3,6 +3,7 @@
 package gateway
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -46,9 +47,18 @@ type Server struct {
 	hubMu      sync.Mutex
 	hubs       map[string]*hub // LISTEN fan-out, by database alias
 	hubsClosed bool
+
+	// Replica lag checkers and function loaders run until Shutdown.
+	ctx      context.Context
+	stop     context.CancelFunc
+	watchers sync.WaitGroup
 }
 
-type poolKey struct{ database, user string }
+// poolKey names a pool: backend 0 is the database's primary, i its i-th --replica.
+type poolKey struct {
+	database, user string
+	backend        int
+}
 
 // database is one --database alias.
 type database struct {
@@ -57,8 +67,12 @@ type database struct {
 	// ownUser: the DSN names the backend user, so every client logs in as it; otherwise the
 	// backend login is the client's own user and its plaintext secret from the auth file.
 	ownUser  bool
-	mode     *poolMode // pool_mode given in the DSN, if any
-	poolSize int       // pool_size given in the DSN, if any
+	mode     *poolMode    // pool_mode given in the DSN, if any
+	poolSize int          // pool_size given in the DSN, if any
+	routing  *readRouting // read_routing given in the DSN, if any
+
+	replicas []*replica // --replica NAME=DSN for this alias, in flag order
+	reads    readState  // read routing to those replicas
 }
 
 // New checks cfg, loads the auth file and TLS keys, and parses the database DSNs.
@@ -76,6 +90,7 @@ func New(cfg Config) (*Server, error) {
 		pools:   make(map[poolKey]*pool.Pool),
 		cancels: make(map[cancelKey]*session),
 	}
+	s.ctx, s.stop = context.WithCancel(context.Background())
 	if cfg.PinOnSessionState || cfg.ListenFanout {
 		s.classifier = sqlclass.New(cfg.ParseCacheSize)
 	}
@@ -99,13 +114,17 @@ func New(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		if err := s.addReplicas(db, cfg.Replicas[name]); err != nil {
+			return nil, err
+		}
 		s.dbs[name] = db
 	}
 	return s, nil
 }
 
 // parseDatabase reads one --database DSN. Like PgBouncer's [databases] lines, the DSN may carry
-// pool_mode and pool_size for this database; they are the gateway's, not the server's.
+// pool_mode, pool_size and read_routing for this database; they are the gateway's, not the
+// server's.
 func parseDatabase(name, dsn string) (*database, error) {
 	db := &database{name: name}
 	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
@@ -124,8 +143,16 @@ func parseDatabase(name, dsn string) (*database, error) {
 			}
 			db.poolSize = size
 		}
+		if r := q.Get("read_routing"); r != "" {
+			routing, err := parseReadRouting(r)
+			if err != nil {
+				return nil, fmt.Errorf("--database %s: read_routing: %w", name, err)
+			}
+			db.routing = &routing
+		}
 		q.Del("pool_mode")
 		q.Del("pool_size")
+		q.Del("read_routing")
 		u.RawQuery = q.Encode()
 		dsn = u.String()
 	}
@@ -164,6 +191,8 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown closes every client (their backends are cancelled or reset) and then the pools.
 func (s *Server) Shutdown() {
 	s.driver.Shutdown()
+	s.stop()
+	s.watchers.Wait()
 	s.mu.Lock()
 	pools := s.pools
 	s.pools = make(map[poolKey]*pool.Pool)
@@ -191,21 +220,33 @@ func (s *Server) Pools() []*pool.Pool {
 	return out
 }
 
-// pool returns the pool for a database alias and client user, opening it on first use.
+// pool returns the primary's pool for a database alias and client user, opening it on first use.
 func (s *Server) pool(db *database, user string) *pool.Pool {
-	key := poolKey{db.name, user}
+	return s.backendPool(db, user, 0)
+}
+
+// backendPool returns the pool for user's work on db's primary (backend 0) or on its replica
+// db.replicas[backend-1], opening it on first use. All of a database's pools share its settings.
+func (s *Server) backendPool(db *database, user string, backend int) *pool.Pool {
+	key := poolKey{db.name, user, backend}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p, ok := s.pools[key]; ok {
 		return p
 	}
+	name := db.name + "/" + user
 	conn := s.connConfig(db, user)
+	if backend > 0 {
+		r := db.replicas[backend-1]
+		name = fmt.Sprintf("%s/replica%d", name, backend)
+		conn = s.loginConfig(r.conn, r.ownUser, user)
+	}
 	size := s.cfg.PoolSize
 	if db.poolSize > 0 {
 		size = db.poolSize
 	}
 	p := pool.New(pool.Config{
-		Name:           db.name + "/" + user,
+		Name:           name,
 		Connect:        conn,
 		Size:           size,
 		MaxPrepared:    s.cfg.MaxPrepared,
@@ -228,8 +269,13 @@ func (s *Server) pool(db *database, user string) *pool.Pool {
 // connConfig is how a backend connection for user's work on db logs in: as the DSN's user, or
 // else as the client's own user with its plaintext secret from the auth file.
 func (s *Server) connConfig(db *database, user string) *pgconn.Config {
-	conn := db.conn.Copy()
-	if !db.ownUser {
+	return s.loginConfig(db.conn, db.ownUser, user)
+}
+
+// loginConfig is connConfig for a backend whose DSN gave conn.
+func (s *Server) loginConfig(dsn *pgconn.Config, ownUser bool, user string) *pgconn.Config {
+	conn := dsn.Copy()
+	if !ownUser {
 		conn.User = user
 		if pw, ok := s.users.Load().Password(user); ok {
 			conn.Password = pw

@@ -48,7 +48,8 @@ type session struct {
 	exchange *auth.Exchange
 	mode     poolMode
 
-	pool     *pool.Pool
+	pool     *pool.Pool  // where the backend comes from (or came from): primary, or replica's
+	primary  *pool.Pool  // the database primary's pool for the client's user
 	waiting  bool        // an Acquire is outstanding
 	withdraw func() bool // cancels it
 	be       *pool.Conn
@@ -71,6 +72,13 @@ type session struct {
 	stmts         map[string]*stmt  // the client's named prepared statements (not in session mode)
 
 	pt *pinTrack // session state that pins the client to its backend; nil until it may have some
+
+	// Read routing (--read-routing): the replica serving the current unit, nil on the primary.
+	replica    *replica
+	routed     int       // queued frames the choice of replica was made for, not yet relayed
+	heldBack   bool      // frames after those wait until the replica's unit ends
+	unitWrites bool      // the unit may write: reads stay on the primary for a while after it
+	lastWrite  time.Time // when the client's last such unit on the primary ended
 
 	sub        *subscriber // LISTEN fan-out subscriptions; nil until the client's first LISTEN through the hub
 	hubWait    bool        // a LISTEN waits for the hub's listener connection: what follows waits too
@@ -296,7 +304,7 @@ func (s *session) authenticated() {
 		return
 	}
 	p := s.srv.pool(db, s.user)
-	s.db, s.pool, s.state = db, p, stWaiting
+	s.db, s.pool, s.primary, s.state = db, p, p, stWaiting
 	s.mode = s.srv.modeFor(db, s.user)
 	if s.mode != sessionMode {
 		// Statements are the gateway's to track: read their messages whole, within a bound
@@ -306,12 +314,25 @@ func (s *session) authenticated() {
 			s.in.SetInspect(t, true)
 		}
 	}
+	if s.mode != sessionMode {
+		s.srv.startReads(db, s.user)
+	}
 	s.acquire()
 }
 
-// acquire asks the pool for a backend; backendReady gets the answer.
+// acquire asks for a backend for the queued unit: from a replica if read routing allows, else
+// from the primary. backendReady gets the answer.
 func (s *session) acquire() {
-	p := s.pool
+	s.leaveReplica()
+	if r := s.chooseReplica(); r != nil {
+		r.outstanding.Add(1)
+		s.replica, s.routed = r, len(s.queued)
+		s.pool = s.srv.backendPool(s.db, s.user, r.index)
+	}
+	s.acquireFrom(s.pool)
+}
+
+func (s *session) acquireFrom(p *pool.Pool) {
 	s.waiting = true
 	handOver := func(c *pool.Conn, err error) {
 		if !s.io.Exec(func() { s.backendReady(c, err) }) && c != nil {
@@ -342,8 +363,15 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 	s.waiting, s.withdraw = false, nil
 	if s.state == stClosed {
 		if c != nil {
-			s.pool.Return(c)
+			c.Pool().Return(c)
 		}
+		return
+	}
+	if err != nil && s.replica != nil {
+		// Nothing of the unit reached the replica or the client: the primary serves it.
+		s.srv.log.Debug("replica unavailable, unit goes to the primary", "database", s.db.name, "err", err)
+		s.leaveReplica()
+		s.acquireFrom(s.pool)
 		return
 	}
 	if err != nil {
@@ -354,6 +382,9 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 	s.be = c
 	s.flushBe.Store(c)
 	c.SetSink(backendSink{s})
+	if s.replica != nil {
+		s.db.reads.replicaRun.Add(1)
+	}
 	if s.state == stWaiting {
 		s.state = stSetup
 		if set := s.startupSettings(c); set != "" {
@@ -390,6 +421,10 @@ func (s *session) ready() {
 // not give the backend back while they still need it.
 func (s *session) sendQueued() {
 	for len(s.queued) > 0 && !s.hubWait && s.state != stClosed {
+		if s.replica != nil && s.be != nil && s.routed == 0 {
+			s.heldBack = true // a later unit, which the replica was not chosen for
+			break
+		}
 		q := s.queued[0]
 		f := wire.Frame{Type: q.typ, Len: q.length, Raw: q.raw, Whole: q.whole, First: q.first, Last: q.last}
 		if q.whole {
@@ -397,10 +432,13 @@ func (s *session) sendQueued() {
 		}
 		e, hub := s.hubCommand(&f)
 		if !hub && s.be == nil {
-			if !s.waiting {
+			if !s.waiting && s.unitReady() {
 				s.acquire() // the backend went back while the hub answered
 			}
 			return
+		}
+		if s.routed > 0 {
+			s.routed--
 		}
 		s.queued[0] = queuedFrame{}
 		s.queued = s.queued[1:]
@@ -430,11 +468,16 @@ func (s *session) clientMessage(f *wire.Frame) {
 			return
 		}
 	}
-	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && !s.hubWait && f.First {
+	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && !s.hubWait && f.First && !s.routing() {
 		s.disarm()
 		s.acquire() // often answered at once, and then f goes straight through
 	}
-	if s.be == nil || s.state != stLinked || len(s.queued) > 0 || s.hubWait {
+	if s.replica != nil && s.be != nil && s.routed == 0 && f.First && !s.slots.empty() && !s.unsynced {
+		// A new unit while the replica still works on the one it was chosen for: it is routed
+		// on its own once that one ends.
+		s.heldBack = true
+	}
+	if s.be == nil || s.state != stLinked || len(s.queued) > 0 || s.hubWait || s.heldBack {
 		s.queue(f)
 		return
 	}
@@ -450,7 +493,9 @@ func (s *session) queue(f *wire.Frame) {
 	s.queuedBytes += len(f.Raw)
 	if s.state == stLinked && s.be == nil && !s.waiting && !s.hubWait {
 		s.disarm()
-		s.acquire()
+		if s.unitReady() {
+			s.acquire()
+		}
 	}
 }
 
@@ -459,7 +504,11 @@ func (s *session) queue(f *wire.Frame) {
 // mode says so, and arms the deadline that fits what the client does now.
 func (s *session) afterUnit() {
 	s.deliverNotifications()
-	if s.state != stLinked || !s.slots.empty() || s.unsynced || s.copyIn || len(s.queued) > 0 || s.hubWait {
+	if s.state != stLinked || !s.slots.empty() || s.unsynced || s.copyIn || len(s.queued) > 0 && !s.heldBack || s.hubWait {
+		return
+	}
+	if s.heldBack {
+		s.nextUnit()
 		return
 	}
 	if s.txStatus == 'I' {
@@ -485,10 +534,43 @@ func (s *session) afterUnit() {
 		s.internalQuery("")
 		return
 	}
+	s.release()
+}
+
+// release gives the backend back to the pool it came from.
+func (s *session) release() {
 	be := s.be
 	s.be = nil
 	s.flushBe.Store(nil)
 	s.pool.Return(be)
+	if s.replica == nil && s.unitWrites {
+		s.lastWrite = time.Now()
+	}
+	s.unitWrites = false
+	s.leaveReplica()
+}
+
+// nextUnit runs what waited behind a unit a replica served: on the same backend inside the
+// read-only transaction that unit left open, else on a backend chosen for it.
+func (s *session) nextUnit() {
+	if s.cancelling {
+		return // afterUnit runs again once the cancel is delivered
+	}
+	if s.barrier {
+		s.barrier = false
+		s.internalQuery("")
+		return
+	}
+	s.heldBack = false
+	if s.txStatus != 'I' || s.pinned() {
+		s.routed = len(s.queued)
+		s.sendQueued()
+		return
+	}
+	s.release()
+	if s.unitReady() {
+		s.acquire()
+	}
 }
 
 // requestCancel forwards the client's CancelRequest to its backend, if it is running the
@@ -563,6 +645,7 @@ func (s *session) OnClose(error) {
 		s.flushBe.Store(nil)
 		s.drain(be)
 	}
+	s.leaveReplica()
 }
 
 // fatal sends a FATAL error and closes the client.

@@ -36,6 +36,26 @@ func run(args []string) error {
 	fs.StringVar(&configFile, "config", "", "config `FILE`: one key = value per line, keys named as the flags")
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "address clients connect to")
 	fs.Var(keyValues(cfg.Databases), "database", "backend `NAME=postgres://user:pass@host:port/db?sslmode=…` (repeatable)")
+	fs.Func("replica", "streaming replica `NAME=DSN` of the primary given by --database NAME=… (repeatable)", func(v string) error {
+		name, dsn, ok := strings.Cut(v, "=")
+		if !ok || name == "" || dsn == "" {
+			return errors.New("want NAME=DSN")
+		}
+		cfg.Replicas[name] = append(cfg.Replicas[name], dsn)
+		return nil
+	})
+	fs.StringVar(&cfg.ReadRouting, "read-routing", cfg.ReadRouting, "which units may run on replicas, transaction and statement modes: off, explicit (BEGIN READ ONLY, clients with default_transaction_read_only=on) or auto (also autocommit statements proven read-only) (per database: read_routing=… in its DSN)")
+	fs.Func("read-functions", "comma-separated functions a routed read may call, besides the built-in read-only ones and, in auto mode, those the primary's catalog marks immutable or stable", func(v string) error {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				cfg.ReadFunctions = append(cfg.ReadFunctions, p)
+			}
+		}
+		return nil
+	})
+	durationVar(fs, &cfg.LagCheckInterval, "lag-check-interval", "how often each replica's replay lag is measured")
+	durationVar(fs, &cfg.MaxReplicaLag, "max-replica-lag", "a replica whose replay lag exceeds this gets no reads until it catches up (0: lag not checked)")
+	durationVar(fs, &cfg.ReadYourWritesWindow, "read-your-writes-window", "after a client's unit that may write, its reads stay on the primary this long (0: off)")
 	fs.StringVar(&authType, "auth-type", "scram-sha-256", "client authentication: trust, md5 or scram-sha-256")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "`FILE` with one \"user\" \"secret\" per line (PgBouncer's userlist.txt)")
 	fs.StringVar(&cfg.PoolMode, "pool-mode", cfg.PoolMode, "when a backend goes back to the pool: session, transaction or statement (per database: pool_mode=… in its DSN)")
@@ -179,7 +199,7 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 		key = strings.ReplaceAll(strings.TrimSpace(key), "_", "-")
 		value = strings.Trim(strings.TrimSpace(value), `"`)
-		if key == "database" || key == "user-pool-mode" {
+		if key == "database" || key == "replica" || key == "user-pool-mode" {
 			// NAME=DSN contains '=' itself; keep the rest of the line whole.
 			value = strings.TrimSpace(line[strings.Index(line, "=")+1:])
 		}
