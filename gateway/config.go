@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/hedge"
 )
 
 // Config is everything the gateway is told by flags and the config file.
@@ -20,6 +21,15 @@ type Config struct {
 	LagCheckInterval     time.Duration // how often each replica's replay lag is measured
 	MaxReplicaLag        time.Duration // a replica further behind gets no reads (0: lag is not checked)
 	ReadYourWritesWindow time.Duration // after a client's write its reads stay on the primary this long (0: off)
+
+	// Hedged reads (per database: hedge= in its DSN): a routed read that has not answered
+	// within the hedge delay is sent to a second backend as well, and the first answer wins.
+	Hedge                bool
+	HedgeDelay           time.Duration // fixed delay; 0: auto, a percentile of recent reads
+	HedgeDelayPercentile float64       // the percentile auto follows, as a fraction (0.95)
+	HedgeDelayMin        time.Duration // bounds of the auto delay
+	HedgeDelayMax        time.Duration
+	HedgeBudget          float64 // most extra requests from hedges, as a fraction of reads (0.1)
 
 	AuthType auth.Method
 	AuthFile string
@@ -65,6 +75,10 @@ type Config struct {
 	MaxPacketSize int // bound on any client message
 	MaxOutput     int // bytes buffered for a slow client before the backend is throttled
 
+	AdminUsers    []string // may use every admin console command (database asyncgate or pgbouncer)
+	StatsUsers    []string // may run the admin console's SHOW commands only
+	MetricsListen string   // address of the HTTP server for /metrics, /healthz, /readyz ("": off)
+
 	Log *slog.Logger
 }
 
@@ -78,6 +92,10 @@ func Defaults() Config {
 		ReadRouting:          "off",
 		LagCheckInterval:     time.Second,
 		MaxReplicaLag:        10 * time.Second,
+		HedgeDelayPercentile: hedge.DefaultPercentile,
+		HedgeDelayMin:        hedge.DefaultMinDelay,
+		HedgeDelayMax:        hedge.DefaultMaxDelay,
+		HedgeBudget:          0.1,
 		AuthType:             auth.SCRAMSHA256,
 		PoolMode:             "session",
 		PoolSize:             20,
@@ -144,6 +162,12 @@ func (c *Config) validate() error {
 		if _, ok := c.Databases[name]; !ok {
 			return fmt.Errorf("--replica %s=…: no --database %s=… names its primary", name, name)
 		}
+	}
+	if err := c.hedgeDelay().Validate(); err != nil {
+		return err
+	}
+	if !(c.HedgeBudget >= 0 && c.HedgeBudget <= 1) || c.HedgeBudget > 0 && c.HedgeBudget < 1e-6 {
+		return fmt.Errorf("--hedge-budget %v%%: want a percentage above 0 and at most 100", c.HedgeBudget*100)
 	}
 	if len(c.Replicas) > 0 && c.LagCheckInterval <= 0 && c.MaxReplicaLag > 0 {
 		return fmt.Errorf("--lag-check-interval must be positive while --max-replica-lag is set")

@@ -90,7 +90,11 @@ func (s *session) answer(kind byte, msg []byte) {
 // backendData is what the backend sent, on the backend reader's goroutine, serialised by Exec.
 func (s *session) backendData(c *pool.Conn, b []byte) {
 	if c != s.be {
+		strayData(c, b)
 		return
+	}
+	if hr := s.hedge; hr != nil {
+		s.raceFirst(hr)
 	}
 	err := c.Frames.Feed(b, s.backendFrame)
 	if err != nil && !errors.Is(err, errStop) {

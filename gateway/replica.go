@@ -59,6 +59,7 @@ type readState struct {
 	started    sync.Once    // lag watchers
 	funcs      atomic.Int32 // funcsNone, funcsLoading or funcsLoaded
 	replicaRun atomic.Int64 // units that ran on a replica
+	hedging    *hedging     // nil unless reads to replicas are hedged (--hedge)
 }
 
 const (
@@ -74,8 +75,8 @@ func (s *Server) addReplicas(db *database, dsns []string) error {
 		if err != nil {
 			return fmt.Errorf("--replica: %w", err)
 		}
-		if rdb.mode != nil || rdb.poolSize > 0 || rdb.routing != nil {
-			return fmt.Errorf("--replica %s: pool_mode, pool_size and read_routing belong in the primary's --database DSN", db.name)
+		if rdb.mode != nil || rdb.poolSize > 0 || rdb.routing != nil || rdb.hedge != nil {
+			return fmt.Errorf("--replica %s: pool_mode, pool_size, read_routing and hedge belong in the primary's --database DSN", db.name)
 		}
 		r := &replica{index: i + 1, conn: rdb.conn, ownUser: rdb.ownUser}
 		r.lag.Store(-1)
@@ -91,6 +92,7 @@ func (s *Server) addReplicas(db *database, dsns []string) error {
 			db.reads.classifier.AllowFunctions(s.cfg.ReadFunctions...)
 		}
 	}
+	s.setupHedging(db)
 	return nil
 }
 

@@ -33,6 +33,9 @@ type Server struct {
 
 	clients atomic.Int64 // sessions past their StartupMessage, against --max-client-conn
 
+	listener atomic.Pointer[net.Listener] // what Serve accepts from, for the console's SHUTDOWN
+	shutdown atomic.Bool                  // Shutdown has begun: health checks fail
+
 	mu    sync.Mutex
 	pools map[poolKey]*pool.Pool
 
@@ -70,6 +73,7 @@ type database struct {
 	mode     *poolMode    // pool_mode given in the DSN, if any
 	poolSize int          // pool_size given in the DSN, if any
 	routing  *readRouting // read_routing given in the DSN, if any
+	hedge    *bool        // hedge given in the DSN, if any
 
 	replicas []*replica // --replica NAME=DSN for this alias, in flag order
 	reads    readState  // read routing to those replicas
@@ -123,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 // parseDatabase reads one --database DSN. Like PgBouncer's [databases] lines, the DSN may carry
-// pool_mode, pool_size and read_routing for this database; they are the gateway's, not the
+// pool_mode, pool_size, read_routing and hedge for this database; they are the gateway's, not the
 // server's.
 func parseDatabase(name, dsn string) (*database, error) {
 	db := &database{name: name}
@@ -150,9 +154,17 @@ func parseDatabase(name, dsn string) (*database, error) {
 			}
 			db.routing = &routing
 		}
+		if h := q.Get("hedge"); h != "" {
+			on, ok := parseBool(h)
+			if !ok {
+				return nil, fmt.Errorf("--database %s: hedge %q: want on or off", name, h)
+			}
+			db.hedge = &on
+		}
 		q.Del("pool_mode")
 		q.Del("pool_size")
 		q.Del("read_routing")
+		q.Del("hedge")
 		u.RawQuery = q.Encode()
 		dsn = u.String()
 	}
@@ -185,11 +197,13 @@ func (s *Server) ReloadUsers() error {
 
 // Serve accepts clients from ln until ln is closed.
 func (s *Server) Serve(ln net.Listener) error {
+	s.listener.Store(&ln)
 	return s.driver.Serve(ln, func(c loop.Conn) loop.Handler { return newSession(s, c) })
 }
 
 // Shutdown closes every client (their backends are cancelled or reset) and then the pools.
 func (s *Server) Shutdown() {
+	s.shutdown.Store(true)
 	s.driver.Shutdown()
 	s.stop()
 	s.watchers.Wait()

@@ -80,6 +80,8 @@ type session struct {
 	unitWrites bool      // the unit may write: reads stay on the primary for a while after it
 	lastWrite  time.Time // when the client's last such unit on the primary ended
 
+	hedge *hedgeRace // the routed read in flight while it may still be hedged (--hedge)
+
 	sub        *subscriber // LISTEN fan-out subscriptions; nil until the client's first LISTEN through the hub
 	hubWait    bool        // a LISTEN waits for the hub's listener connection: what follows waits too
 	overflowed bool        // notifications overflowed: disconnect once the backend message being relayed ends
@@ -197,6 +199,8 @@ func (s *session) clientFrame(f *wire.Frame) error {
 		s.authMessage(f)
 	case stWaiting, stSetup, stLinked:
 		s.clientMessage(f)
+	case stAdmin:
+		s.adminMessage(f)
 	}
 	if s.state == stClosed {
 		return errStop
@@ -298,6 +302,10 @@ func (s *session) authStep(out []byte, done bool, err error) {
 // client the server's parameters and takes its startup settings.
 func (s *session) authenticated() {
 	name := s.startup["database"]
+	if s.srv.isAdminDatabase(name) {
+		s.adminLogin() // admin.go: answered by the gateway itself, no backend
+		return
+	}
 	db, ok := s.srv.dbs[name]
 	if !ok {
 		s.fatal("3D000", fmt.Sprintf("database %q does not exist (no --database %s=… is configured)", name, name))
@@ -394,10 +402,18 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 		s.ready()
 		return
 	}
-	if set := s.followSettings(c); set != "" {
+	set := s.followSettings(c)
+	if set != "" {
 		s.internalQuery(set)
 	}
+	var hr *hedgeRace
+	if set == "" && s.replica != nil {
+		hr = s.prepareHedge()
+	}
 	s.sendQueued()
+	if hr != nil {
+		s.startHedge(hr, c)
+	}
 }
 
 // ready completes the login: the server's parameters, our own cancel key, ReadyForQuery.
@@ -577,6 +593,7 @@ func (s *session) nextUnit() {
 // client's work. The backend stays with the client until the cancel has been delivered, so it
 // can never hit another client's query.
 func (s *session) requestCancel() {
+	s.abortHedge()
 	if s.be == nil || s.slots.empty() || s.cancelling {
 		return
 	}
@@ -603,6 +620,9 @@ func (s *session) requestCancel() {
 
 // backendClosed: the server or the network ended the client's backend.
 func (s *session) backendClosed(c *pool.Conn, err error) {
+	if hr := s.hedge; hr != nil && s.state != stClosed && s.hedgeClosed(hr, c) {
+		return
+	}
 	if c != s.be || s.state == stClosed {
 		return
 	}
@@ -640,6 +660,7 @@ func (s *session) OnClose(error) {
 		s.sub.hub.unsubscribeAll(s.sub)
 	}
 	s.in.Reset()
+	s.abortHedge()
 	if be := s.be; be != nil {
 		s.be = nil
 		s.flushBe.Store(nil)

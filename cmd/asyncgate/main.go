@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/asyncgate/asyncgate/gateway"
 	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/hedge"
 	"github.com/asyncgate/asyncgate/loop"
 )
 
@@ -56,6 +58,28 @@ func run(args []string) error {
 	durationVar(fs, &cfg.LagCheckInterval, "lag-check-interval", "how often each replica's replay lag is measured")
 	durationVar(fs, &cfg.MaxReplicaLag, "max-replica-lag", "a replica whose replay lag exceeds this gets no reads until it catches up (0: lag not checked)")
 	durationVar(fs, &cfg.ReadYourWritesWindow, "read-your-writes-window", "after a client's unit that may write, its reads stay on the primary this long (0: off)")
+	fs.Func("hedge", "on: an autocommit read sent to a replica that has not answered within --hedge-delay is sent to another replica (or the primary) too, and the first answer wins; the other is cancelled (per database: hedge=on|off in its DSN; default off)", func(v string) error {
+		on, err := parseOnOff(v)
+		cfg.Hedge = on
+		return err
+	})
+	fs.Func("hedge-delay", "how long a routed read waits before it is hedged: auto (a percentile of recent reads' time to first response, see --hedge-delay-percentile) or a fixed DURATION such as 20ms (default auto)", func(v string) error {
+		fixed, _, err := hedge.ParseDelay(v)
+		cfg.HedgeDelay = fixed
+		return err
+	})
+	fs.Func("hedge-delay-percentile", "the percentile of recent reads' time to first response that --hedge-delay auto follows, 50 to 100 (default 95)", func(v string) error {
+		p, err := hedge.ParsePercentile(v)
+		cfg.HedgeDelayPercentile = p
+		return err
+	})
+	durationVar(fs, &cfg.HedgeDelayMin, "hedge-delay-min", "least delay --hedge-delay auto waits")
+	durationVar(fs, &cfg.HedgeDelayMax, "hedge-delay-max", "most delay --hedge-delay auto waits, and its delay while it learns")
+	fs.Func("hedge-budget", "most extra requests hedges may add, as a percentage of hedgeable reads, such as 10% (default 10%)", func(v string) error {
+		b, err := hedge.ParseBudget(v)
+		cfg.HedgeBudget = b
+		return err
+	})
 	fs.StringVar(&authType, "auth-type", "scram-sha-256", "client authentication: trust, md5 or scram-sha-256")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "`FILE` with one \"user\" \"secret\" per line (PgBouncer's userlist.txt)")
 	fs.StringVar(&cfg.PoolMode, "pool-mode", cfg.PoolMode, "when a backend goes back to the pool: session, transaction or statement (per database: pool_mode=… in its DSN)")
@@ -107,6 +131,15 @@ func run(args []string) error {
 	fs.IntVar(&cfg.Loops, "loops", 0, "event loops of the epoll driver (0: one per core)")
 	fs.IntVar(&cfg.MaxPacketSize, "max-packet-size", cfg.MaxPacketSize, "largest protocol message a client may send, in bytes")
 	fs.IntVar(&cfg.MaxOutput, "max-client-output", cfg.MaxOutput, "bytes buffered for a slow client before its backend is throttled")
+	fs.Func("admin-users", "comma-separated users who may use the admin console (database asyncgate or pgbouncer): SHOW, RELOAD, SHUTDOWN", func(v string) error {
+		cfg.AdminUsers = append(cfg.AdminUsers, splitList(v)...)
+		return nil
+	})
+	fs.Func("stats-users", "comma-separated users who may run the admin console's SHOW commands only", func(v string) error {
+		cfg.StatsUsers = append(cfg.StatsUsers, splitList(v)...)
+		return nil
+	})
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "`ADDR` of an HTTP server for /metrics (Prometheus), /healthz and /readyz (default off)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	var cpuProfile string
 	fs.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile to `FILE` until shutdown (for performance work)")
@@ -153,6 +186,22 @@ func run(args []string) error {
 		return fmt.Errorf("--listen: %w", err)
 	}
 	cfg.Log.Info("asyncgate listening", "addr", ln.Addr().String(), "pool_mode", cfg.PoolMode)
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		hs := &http.Server{Handler: srv.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				cfg.Log.Error("metrics server stopped", "err", err)
+			}
+		}()
+		// Closed last, so /healthz and /metrics answer while clients are being closed.
+		defer hs.Close()
+		cfg.Log.Info("metrics listening", "addr", mln.Addr().String())
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -214,6 +263,17 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 	}
 	return sc.Err()
+}
+
+// splitList reads a comma-separated list, ignoring blanks around and between items.
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // keyValues is a repeatable KEY=VALUE flag.
