@@ -38,12 +38,15 @@ clean:
 
 # asyncgate against PgBouncer and direct PostgreSQL on a throwaway cluster (benchmarks/suite);
 # writes benchmarks/results/DATE-HOST[-quick].md with JSON and plots. Not part of test or CI:
-# `make bench` takes 5–8 minutes, `make bench-quick` under 2. Needs root (installs PgBouncer
-# when missing, runs it as the postgres user).
+# `make bench` takes 6–9 minutes, `make bench-quick` about 2. Needs root (installs PgBouncer
+# when missing, runs it as the postgres user). BENCH_FLAGS passes flags to the suite, e.g.
+# `make bench-quick BENCH_FLAGS='-cases 5 -hedge-delays 2ms,5ms,10ms'` for the hedging case alone
+# with fixed hedge delays besides auto.
+BENCH_FLAGS ?=
 .PHONY: bench bench-quick
 bench bench-quick:
 	$(GO) build -o bin/asyncgate ./cmd/asyncgate
 	$(GO) build -o bin/asyncgate-bench ./cmd/asyncgate-bench
 	$(GO) build -o bin/pgcluster ./internal/pgtest/cmd/pgcluster
 	$(GO) build -o bin/bench-suite ./benchmarks/suite
-	./bin/bench-suite $(if $(filter bench-quick,$@),-quick)
+	./bin/bench-suite $(if $(filter bench-quick,$@),-quick) $(BENCH_FLAGS)

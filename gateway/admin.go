@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"runtime/debug"
 	"slices"
@@ -388,11 +389,12 @@ func (s *Server) showPools() *adminTable {
 
 var clientCols = cols("type", "user", "database", "replication", "state", "addr", "#port", "local_addr",
 	"#local_port", "connect_time", "request_time", "#wait", "#wait_us", "#close_needed", "ptr", "link",
-	"#remote_pid", "tls", "application_name", "#prepared_statements", "#id")
+	"#remote_pid", "tls", "application_name", "#prepared_statements", "#id", "pinned")
 
 // showClients lists the logged-in clients. A session's state belongs to its loop, so only what is
 // fixed before the session registers its cancel key is read here: user, database, address. The
 // state column says "active" (PgBouncer's word for a logged-in client not waiting for a server).
+// The last column, not PgBouncer's, tells clients pinned to their backend by session state.
 func (s *Server) showClients() *adminTable {
 	t := &adminTable{cols: clientCols}
 	type client struct {
@@ -400,6 +402,7 @@ func (s *Server) showClients() *adminTable {
 		addr     net.Addr
 		id       uint32
 		ptr      string
+		pinned   bool
 	}
 	var list []client
 	s.cancelMu.Lock()
@@ -410,7 +413,8 @@ func (s *Server) showClients() *adminTable {
 		} else {
 			db = c.startup["database"] // the console keeps its startup parameters
 		}
-		list = append(list, client{user: c.user, db: db, addr: c.io.RemoteAddr(), id: k.pid, ptr: fmt.Sprintf("%p", c)})
+		list = append(list, client{user: c.user, db: db, addr: c.io.RemoteAddr(), id: k.pid, ptr: fmt.Sprintf("%p", c),
+			pinned: c.pinnedNow.Load()})
 	}
 	s.cancelMu.Unlock()
 	slices.SortFunc(list, func(a, b client) int { return int(int64(a.id) - int64(b.id)) })
@@ -418,7 +422,7 @@ func (s *Server) showClients() *adminTable {
 		host, port := splitAddr(c.addr)
 		t.rows = append(t.rows, []any{"C", c.user, c.db, "none", "active", host, port, nil,
 			0, nil, nil, 0, 0, 0, c.ptr, "",
-			0, "", "", 0, int64(c.id)})
+			0, "", "", 0, int64(c.id), c.pinned})
 	}
 	return t
 }
@@ -446,7 +450,7 @@ func (s *Server) showServers() *adminTable {
 			for range n {
 				t.rows = append(t.rows, []any{"S", e.key.user, poolDatabase(e.key), "none", state, host, port, nil,
 					0, nil, nil, 0, 0, 0, "", "",
-					0, "", "", 0, 0})
+					0, "", "", 0, 0, nil})
 			}
 		}
 		add(lent(e.stats), "active")
@@ -690,9 +694,19 @@ func (s *Server) showQueues() *adminTable {
 	return t
 }
 
-// showHedges is empty until hedged reads are wired into the gateway.
+// showHedges has a row per database with hedged reads on, from HedgeStats: reads that could
+// have been hedged, hedges sent, races the hedge won, attempts cancelled, hedges the budget
+// refused. Backend requests per hedgeable read are 1 + hedged/sent.
 func (s *Server) showHedges() *adminTable {
-	return &adminTable{cols: cols("pool", "#backend", "#hedges", "#wins", "#cancelled")}
+	t := &adminTable{cols: cols("database", "#sent", "#hedged", "#won_by_hedge", "#cancelled", "#denied")}
+	for _, name := range slices.Sorted(maps.Keys(s.dbs)) {
+		if s.dbs[name].reads.hedging == nil {
+			continue
+		}
+		st := s.HedgeStats(name)
+		t.rows = append(t.rows, []any{name, st.Sent, st.Hedged, st.WonByHedge, st.Cancelled, st.Denied})
+	}
+	return t
 }
 
 func (s *Server) showHelp() *adminTable {

@@ -2,14 +2,17 @@ package gateway_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/asyncgate/asyncgate/gateway"
 	"github.com/asyncgate/asyncgate/gateway/auth"
+	"github.com/asyncgate/asyncgate/internal/faultproxy"
 )
 
 // startAdminGateway is a gateway whose console the app user administers and the SCRAM user may
@@ -82,7 +85,7 @@ func TestAdminShowColumns(t *testing.T) {
 	if _, err := app.Exec(ctxT(t), "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	clientCols := "type user database replication state addr port local_addr local_port connect_time request_time wait wait_us close_needed ptr link remote_pid tls application_name prepared_statements id"
+	clientCols := "type user database replication state addr port local_addr local_port connect_time request_time wait wait_us close_needed ptr link remote_pid tls application_name prepared_statements id pinned"
 	statsCols := "server_assignment_count xact_count query_count bytes_received bytes_sent xact_time query_time wait_time client_parse_count server_parse_count bind_count"
 	want := map[string]string{
 		"POOLS":          "database user cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active sv_active_cancel sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us pool_mode",
@@ -98,7 +101,7 @@ func TestAdminShowColumns(t *testing.T) {
 		"VERSION":        "version",
 		"BREAKERS":       "pool backend state opens rejects",
 		"QUEUES":         "pool backend waiting",
-		"HEDGES":         "pool backend hedges wins cancelled",
+		"HEDGES":         "database sent hedged won_by_hedge cancelled denied",
 	}
 	for _, db := range []string{"pgbouncer", "asyncgate"} {
 		conn := g.adminConn(t, appUser, appPassword, db)
@@ -136,7 +139,7 @@ func TestAdminShowColumns(t *testing.T) {
 		t.Fatalf("SHOW LISTS used_clients: %v", rows)
 	}
 	if _, rows = show(t, conn, "SHOW HEDGES"); len(rows) != 0 {
-		t.Fatalf("SHOW HEDGES before hedging is wired: %v", rows)
+		t.Fatalf("SHOW HEDGES without hedged reads: %v", rows)
 	}
 	if _, rows = show(t, conn, "SHOW VERSION"); len(rows) != 1 || !strings.HasPrefix(rows[0][0].(string), "asyncgate ") {
 		t.Fatalf("SHOW VERSION: %v", rows)
@@ -255,5 +258,46 @@ func TestAdminShutdown(t *testing.T) {
 	if c, err := g.connectAs(appUser, appPassword, testDatabase); err == nil {
 		c.Close(ctxT(t))
 		t.Fatal("a client got in after SHUTDOWN")
+	}
+}
+
+// SHOW HEDGES has a row per database with hedged reads on, with Server.HedgeStats' counters.
+func TestAdminShowHedges(t *testing.T) {
+	h := startHedging(t, func(cfg *gateway.Config) {
+		cfg.HedgeDelay = 3 * time.Millisecond
+		cfg.AdminUsers = []string{appUser}
+	})
+	ctx := ctxT(t)
+	conn := h.connect(t)
+	h.warm(t, conn)
+	// Every answer of the replica is late: reads are hedged until the budget says no.
+	h.px.Set(faultproxy.Faults{Delay: 30 * time.Millisecond})
+	for i := range 30 {
+		var n int
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT %d", i), pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != i {
+			t.Fatalf("read %d: %d, %v", i, n, err)
+		}
+	}
+	h.px.Set(faultproxy.Faults{})
+	console := h.adminConn(t, appUser, appPassword, "pgbouncer")
+	names, rows := show(t, console, "SHOW HEDGES")
+	if len(rows) != 1 {
+		t.Fatalf("SHOW HEDGES: %d rows, want one for %s: %v", len(rows), testDatabase, rows)
+	}
+	r := row(names, rows, "database", testDatabase)
+	if r == nil {
+		t.Fatalf("SHOW HEDGES has no row for %s: %v", testDatabase, rows)
+	}
+	// Every race was decided when its read answered, so the counters stand still by now.
+	after := h.srv.HedgeStats(testDatabase)
+	for col, want := range map[string]uint64{"sent": after.Sent, "hedged": after.Hedged,
+		"won_by_hedge": after.WonByHedge, "cancelled": after.Cancelled, "denied": after.Denied} {
+		got, ok := r[col].(int64)
+		if !ok || uint64(got) != want {
+			t.Errorf("SHOW HEDGES %s = %#v, want %d (HedgeStats %+v)", col, r[col], want, after)
+		}
+	}
+	if after.Sent < 30 || after.Hedged == 0 || after.WonByHedge == 0 {
+		t.Errorf("HedgeStats %+v: want 30 hedgeable reads, some hedged and won", after)
 	}
 }

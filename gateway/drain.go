@@ -28,6 +28,15 @@ type drainer struct {
 	final     bool // the closing ROLLBACK or barrier query was sent
 	finished  bool
 	stopTimer func() bool
+	answered  chan struct{} // if set, closed once nothing is owed or the drain ended
+}
+
+// checkAnswered closes answered when the backend owes nothing more. Called with d.mu held.
+func (d *drainer) checkAnswered() {
+	if d.answered != nil && (d.owed <= 0 || d.finished) {
+		close(d.answered)
+		d.answered = nil
+	}
 }
 
 // drain hands the client's backend to a drainer, or straight back to the pool if it is clean.
@@ -96,6 +105,7 @@ func (d *drainer) BackendData(c *pool.Conn, b []byte) {
 		d.give(false)
 		return
 	}
+	d.checkAnswered()
 	d.step()
 	c.Flush()
 }
@@ -103,6 +113,7 @@ func (d *drainer) BackendData(c *pool.Conn, b []byte) {
 func (d *drainer) BackendClosed(*pool.Conn, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer d.checkAnswered()
 	d.finished = true
 	d.stopTimer()
 }
@@ -137,6 +148,7 @@ func (d *drainer) give(clean bool) {
 		return
 	}
 	d.finished = true
+	d.checkAnswered()
 	d.stopTimer()
 	if !clean {
 		d.pool.Discard(d.c)

@@ -352,7 +352,8 @@ const recancelEvery = 100 * time.Millisecond
 // drainLoser cancels what a losing backend runs and has a drainer bring it back to
 // ReadyForQuery and to its pool, as for a client that left mid-query.
 func (s *session) drainLoser(c *pool.Conn, p *pool.Pool, owed int) {
-	d := &drainer{srv: s.srv, pool: p, c: c, back: giveReturn, owed: owed, status: 'I'}
+	answered := make(chan struct{})
+	d := &drainer{srv: s.srv, pool: p, c: c, back: giveReturn, owed: owed, status: 'I', answered: answered}
 	d.mu.Lock()
 	defer c.Flush()
 	defer d.mu.Unlock()
@@ -369,7 +370,14 @@ func (s *session) drainLoser(c *pool.Conn, p *pool.Pool, owed int) {
 				log.Warn("could not cancel the losing attempt of a hedged read", "backend", c.Addr(), "err", err)
 				break
 			}
-			time.Sleep(recancelEvery)
+			// The connection goes back as soon as the loser has answered: waiting out the whole
+			// interval held one backend per hedge for 100 ms and starved the pool of hedges.
+			t := time.NewTimer(recancelEvery)
+			select {
+			case <-answered:
+			case <-t.C:
+			}
+			t.Stop()
 			d.mu.Lock()
 			again := !d.finished && d.owed > 0
 			d.mu.Unlock()

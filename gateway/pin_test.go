@@ -319,3 +319,38 @@ func TestSearchPathNeverLeaks(t *testing.T) {
 		t.Fatalf("next client's search_path %q, want the default %q", got, def)
 	}
 }
+
+// Pinned clients show in the console's SHOW CLIENTS (pinned column) and in the count behind the
+// metrics.
+func TestPinnedClientsShowInConsole(t *testing.T) {
+	g := startGateway(t, func(c *gateway.Config) {
+		transactionMode(2)(c)
+		c.AdminUsers = []string{appUser}
+	})
+	ctx := ctxT(t)
+	app := g.connect(t)
+	console := g.adminConn(t, appUser, appPassword, "asyncgate")
+	pinnedRow := func() any {
+		names, rows := show(t, console, "SHOW CLIENTS")
+		r := row(names, rows, "database", testDatabase)
+		if r == nil {
+			t.Fatalf("SHOW CLIENTS has no %s client: %v", testDatabase, rows)
+		}
+		return r["pinned"]
+	}
+	if got := pinnedRow(); got != "false" {
+		t.Fatalf("pinned %v before any session state", got)
+	}
+	if _, err := app.Exec(ctx, "CREATE TEMP TABLE shown (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	if got := pinnedRow(); got != "true" || g.srv.PinnedClients() != 1 {
+		t.Fatalf("pinned %v, PinnedClients %d after CREATE TEMP TABLE", got, g.srv.PinnedClients())
+	}
+	if _, err := app.Exec(ctx, "DROP TABLE shown"); err != nil {
+		t.Fatal(err)
+	}
+	if got := pinnedRow(); got != "false" {
+		t.Fatalf("pinned %v after the table was dropped", got)
+	}
+}

@@ -309,6 +309,7 @@ func (s *session) settlePins(status byte) {
 		if !pt.counted {
 			pt.counted = true
 			s.srv.pinned.Add(1)
+			s.pinnedNow.Store(true)
 		}
 		if !pt.logged {
 			pt.logged = true
@@ -318,6 +319,7 @@ func (s *session) settlePins(status byte) {
 	case !now && pt.counted:
 		pt.counted = false
 		s.srv.pinned.Add(-1)
+		s.pinnedNow.Store(false)
 	}
 }
 

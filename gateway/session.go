@@ -71,7 +71,8 @@ type session struct {
 	desiredShared bool              // desired is shared with other sessions: copy before changing it
 	stmts         map[string]*stmt  // the client's named prepared statements (not in session mode)
 
-	pt *pinTrack // session state that pins the client to its backend; nil until it may have some
+	pt        *pinTrack   // session state that pins the client to its backend; nil until it may have some
+	pinnedNow atomic.Bool // whether pt holds state, for the admin console on other goroutines
 
 	// Read routing (--read-routing): the replica serving the current unit, nil on the primary.
 	replica    *replica

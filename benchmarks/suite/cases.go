@@ -32,6 +32,8 @@ type suite struct {
 	pgbouncer string
 	fdLimit   uint64
 	cluster   *cluster
+	// hedgeDelays are fixed --hedge-delay values the hedging case measures besides auto.
+	hedgeDelays []time.Duration
 
 	started     time.Time
 	wall        time.Duration
@@ -54,8 +56,9 @@ type caseResult struct {
 	INI      string
 	JSON     []string // file names in the results dir
 	Plot     string
-	Logs     map[string][]string // gateway name → warning lines of its log
-	Problems []string            // failures found while running
+	Hedges   map[string]*hedgeCount // hedging case: asyncgate target name → its SHOW HEDGES during the run
+	Logs     map[string][]string    // gateway name → warning lines of its log
+	Problems []string               // failures found while running
 	Err      error
 	Wall     time.Duration
 }
@@ -77,6 +80,10 @@ func (s *suite) runCase(ctx context.Context, c benchCase) *caseResult {
 	res := &caseResult{Case: c, Logs: map[string][]string{}}
 	start := time.Now()
 	defer func() { res.Wall = time.Since(start) }()
+	if c.Hedging {
+		res.Err = s.runHedging(ctx, c, res)
+		return res
+	}
 
 	ag, pgb, ini, err := s.startGateways(ctx, c)
 	if err != nil {
@@ -120,7 +127,7 @@ func (s *suite) runLoad(ctx context.Context, c benchCase, ag, pgb *gateway, res 
 	os.Remove(plotPath)
 
 	argv := append([]string{s.binPath("asyncgate-bench")}, c.Bench...)
-	argv = append(argv, "-T", s.prof.Duration.String(), "--rounds", strconv.Itoa(s.prof.Rounds), "--seed", "1")
+	argv = append(argv, "-T", s.duration(c).String(), "--rounds", strconv.Itoa(s.prof.Rounds), "--seed", "1")
 	targets := 2
 	if c.Direct {
 		argv = append(argv, "--target", "direct="+s.directDSN())
@@ -132,8 +139,7 @@ func (s *suite) runLoad(ctx context.Context, c benchCase, ag, pgb *gateway, res 
 		"--json", jsonPath, "--plot", plotPath)
 	res.Commands = append(res.Commands, command{"load", shellJoin(argv)})
 
-	// Generous: connecting, the grace period and teardown per round on top of the measured time.
-	timeout := time.Duration(targets)*(s.prof.Duration+time.Duration(s.prof.Rounds)*time.Minute) + time.Minute
+	timeout := s.loadTimeout(c, targets)
 	runErr := s.bench(ctx, timeout, argv)
 
 	rep, err := readReport(jsonPath)
@@ -146,6 +152,15 @@ func (s *suite) runLoad(ctx context.Context, c benchCase, ag, pgb *gateway, res 
 		res.Plot = plotName
 	}
 	return runErr
+}
+
+// duration is the measured time per target of case c.
+func (s *suite) duration(c benchCase) time.Duration { return max(s.prof.Duration, c.MinDuration) }
+
+// loadTimeout bounds a load run of c over n targets: generous, for connecting, the grace period
+// and teardown per round on top of the measured time.
+func (s *suite) loadTimeout(c benchCase, n int) time.Duration {
+	return time.Duration(n)*(s.duration(c)+time.Duration(s.prof.Rounds)*time.Minute) + time.Minute
 }
 
 func (s *suite) runIdle(ctx context.Context, c benchCase, ag, pgb *gateway, res *caseResult) error {
@@ -228,8 +243,9 @@ func (s *suite) collectEnv(ctx context.Context) {
 		add("PgBouncer", strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0])
 	}
 	add("PostgreSQL", serverVersion(ctx, s.directDSN()))
-	add("cluster", fmt.Sprintf("primary %s, replica %s (streaming; not a target of any case), max_connections %d, "+
-		"scram-sha-256, fsync off, shared_buffers 16MB", s.cluster.primary, s.cluster.replica, maxConnections))
+	add("cluster", fmt.Sprintf("primary %s, streaming replicas %s (only the hedging case reads from them, "+
+		"through fault proxies), max_connections %d, scram-sha-256, fsync off, shared_buffers 16MB",
+		s.cluster.primary, strings.Join(s.cluster.replicas, " and "), maxConnections))
 	add("open files limit (gateways, load tool)", strconv.FormatUint(s.fdLimit, 10))
 }
 

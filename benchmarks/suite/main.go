@@ -3,7 +3,8 @@
 // results and plots of asyncgate-bench next to it. It is what `make bench` and `make bench-quick`
 // run, after building bin/asyncgate, bin/asyncgate-bench and bin/pgcluster:
 //
-//	bench-suite [-quick] [-bin bin] [-results benchmarks/results] [-name BASE]
+//	bench-suite [-quick] [-bin bin] [-results benchmarks/results] [-name BASE] [-cases SLUGS]
+//	            [-hedge-delays DURATIONS]
 //
 // Every process it starts (cluster, gateways, load tool) is stopped when it ends, fails or gets
 // SIGINT/SIGTERM; if the suite itself is killed they get SIGTERM from the kernel (parent-death
@@ -18,6 +19,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -47,7 +49,14 @@ type benchCase struct {
 	Bench    []string // workload flags of asyncgate-bench
 	Direct   bool     // also measure PostgreSQL without a gateway
 	Idle     bool     // idle-clients case instead of a load run
+	Hedging  bool     // hedged reads on replicas behind fault proxies (hedging.go) instead of the two gateways
+	// MinDuration, when longer than the profile's, is the measured time per target: a tail
+	// percentile needs enough transactions beyond it.
+	MinDuration time.Duration
 }
+
+// clusterReplicas is how many streaming replicas the cluster has: the hedging case needs two.
+const clusterReplicas = 2
 
 // maxConnections lets direct PostgreSQL take case 3's 400 clients next to both gateways' pools.
 const maxConnections = 500
@@ -84,6 +93,19 @@ var cases = []benchCase{
 			"Direct PostgreSQL is left out (one backend process per client).",
 		PoolMode: "transaction", PoolSize: 20, Idle: true,
 	},
+	{
+		Slug: "5-hedging", Title: "5. Hedged reads: select-only, 20 clients, two replicas with 2% of responses 50 ms late",
+		Note: fmt.Sprintf("Each replica sits behind a fault proxy that delays a response by %s with probability %.0f%%; "+
+			"the primary is not behind one. asyncgate routes the reads to both replicas (`--read-routing auto`), "+
+			"once without hedging and once with `--hedge on --hedge-delay auto --hedge-budget 10%%`; PgBouncer "+
+			"points at one proxied replica. All three run for the whole case and are measured in turn. "+
+			"Pool size 40: a hedge race's loser is held by its drainer for at least 100 ms (cancel, re-cancel "+
+			"wait, barrier query), so at 20 clients a pool of 20 per replica runs out and reads queue; "+
+			"PgBouncer never uses more than the 20 clients need.",
+			hedgeSpike, hedgeSpikeP*100),
+		PoolMode: "transaction", PoolSize: 40, Hedging: true, MinDuration: 10 * time.Second,
+		Bench: []string{"-S", "-M", "simple", "-c", "20"},
+	},
 }
 
 func main() {
@@ -92,6 +114,17 @@ func main() {
 	flag.StringVar(&opts.Bin, "bin", "bin", "directory with asyncgate, asyncgate-bench and pgcluster")
 	flag.StringVar(&opts.Results, "results", "benchmarks/results", "directory for the results")
 	flag.StringVar(&opts.Name, "name", "", "base name of the results files (default DATE-HOST, DATE-HOST-quick with -quick)")
+	flag.StringVar(&opts.Cases, "cases", "", "comma-separated case slugs or their leading numbers to run, e.g. 5 or 1-latency,5 (default all)")
+	flag.Func("hedge-delays", "comma-separated fixed --hedge-delay values the hedging case also measures, e.g. 2ms,5ms,10ms", func(v string) error {
+		for _, f := range strings.Split(v, ",") {
+			d, err := time.ParseDuration(strings.TrimSpace(f))
+			if err != nil || d <= 0 {
+				return fmt.Errorf("hedge delay %q: want a positive duration", f)
+			}
+			opts.HedgeDelays = append(opts.HedgeDelays, d)
+		}
+		return nil
+	})
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench-suite: unexpected arguments %q\n", flag.Args())
@@ -108,10 +141,37 @@ func main() {
 }
 
 type options struct {
-	Quick   bool
-	Bin     string
-	Results string
-	Name    string
+	Quick       bool
+	Bin         string
+	Results     string
+	Name        string
+	Cases       string
+	HedgeDelays []time.Duration
+}
+
+// selectCases returns the cases list names (all for an empty list): by slug or by the number
+// the slug starts with.
+func selectCases(list string) ([]benchCase, error) {
+	if strings.TrimSpace(list) == "" {
+		return cases, nil
+	}
+	var out []benchCase
+	for _, want := range strings.Split(list, ",") {
+		want = strings.TrimSpace(want)
+		found := false
+		for _, c := range cases {
+			if num, _, _ := strings.Cut(c.Slug, "-"); c.Slug == want || num == want {
+				if !slices.ContainsFunc(out, func(o benchCase) bool { return o.Slug == c.Slug }) {
+					out = append(out, c)
+				}
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("-cases: no case %q", want)
+		}
+	}
+	return out, nil
 }
 
 func run(ctx context.Context, opts options) (err error) {
@@ -135,7 +195,12 @@ func run(ctx context.Context, opts options) (err error) {
 		return fmt.Errorf("results dir: %w", err)
 	}
 
-	s := &suite{prof: prof, bin: opts.Bin, results: opts.Results, base: base, host: host, started: start}
+	selected, err := selectCases(opts.Cases)
+	if err != nil {
+		return err
+	}
+	s := &suite{prof: prof, bin: opts.Bin, results: opts.Results, base: base, host: host, started: start,
+		hedgeDelays: opts.HedgeDelays}
 	if err := s.checkBinaries(); err != nil {
 		return err
 	}
@@ -158,7 +223,7 @@ func run(ctx context.Context, opts options) (err error) {
 	}
 	s.loadStart = loadAvg()
 
-	logf("starting the cluster (primary and one replica)")
+	logf("starting the cluster (primary and %d replicas)", clusterReplicas)
 	cl, err := s.startCluster(ctx)
 	if err != nil {
 		return err
@@ -177,11 +242,11 @@ func run(ctx context.Context, opts options) (err error) {
 	s.collectEnv(ctx)
 
 	var failed []string
-	for i, c := range cases {
+	for i, c := range selected {
 		if ctx.Err() != nil {
 			break
 		}
-		logf("case %d/%d: %s", i+1, len(cases), c.Title)
+		logf("case %d/%d: %s", i+1, len(selected), c.Title)
 		res := s.runCase(ctx, c)
 		s.cases = append(s.cases, res)
 		if res.Err != nil {

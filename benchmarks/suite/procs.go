@@ -106,13 +106,13 @@ func (p *proc) logTail(n int, keep func(string) bool) []string {
 // cluster is a running pgcluster; it lives while the suite holds its stdin open.
 type cluster struct {
 	*proc
-	stdin   io.WriteCloser
-	primary string // host:port
-	replica string
+	stdin    io.WriteCloser
+	primary  string   // host:port
+	replicas []string // host:port of each streaming replica
 }
 
 func (s *suite) startCluster(ctx context.Context) (*cluster, error) {
-	argv := []string{s.binPath("pgcluster"), "-replicas", "1", "-max-connections", strconv.Itoa(maxConnections), "-password", pgPassword}
+	argv := []string{s.binPath("pgcluster"), "-replicas", strconv.Itoa(clusterReplicas), "-max-connections", strconv.Itoa(maxConnections), "-password", pgPassword}
 	s.setup = append(s.setup, command{"cluster (kept alive by a pipe on its stdin)", shellJoin(argv)})
 
 	cmd := exec.Command(argv[0], argv[1:]...)
@@ -162,15 +162,15 @@ func (s *suite) startCluster(ctx context.Context) (*cluster, error) {
 			case "primary":
 				c.primary = addr
 			case "replica":
-				c.replica = addr
+				c.replicas = append(c.replicas, addr)
 			case "ready":
 				go func() { // keep draining so pgcluster never blocks on a full pipe
 					for range lines {
 					}
 				}()
-				if c.primary == "" {
+				if c.primary == "" || len(c.replicas) != clusterReplicas {
 					c.stop()
-					return nil, errors.New("pgcluster: ready without a primary")
+					return nil, fmt.Errorf("pgcluster: ready with primary %q and replicas %q, want %d", c.primary, c.replicas, clusterReplicas)
 				}
 				return c, nil
 			}

@@ -56,6 +56,13 @@ func (s *suite) markdown() string {
 	p("| --- | ---: | ---: | ---: | ---: | --- |\n")
 	for _, r := range s.cases {
 		switch {
+		case r.Case.Hedging && r.Report != nil:
+			on, g := r.Report.Target(nameHedgeAuto), r.Report.Target(namePgBRep)
+			p99 := "–"
+			if v, ok := hedgeResult(r); ok {
+				p99 = fmt.Sprintf("hedging on/off %.2f at %+.1f%% requests", v.P99Ratio, v.Extra*100)
+			}
+			p("| %s | %s | | %s | | %s |\n", r.Case.Title, tpsRatio(on, g), p99, errorSummary(r.Report))
 		case r.Report != nil:
 			a, g, d := r.Report.Target(nameAG), r.Report.Target(namePgB), r.Report.Target(nameDirect)
 			p("| %s | %s | %s | %s | %s | %s |\n", r.Case.Title, tpsRatio(a, g), tpsRatio(a, d),
@@ -81,12 +88,14 @@ func (s *suite) markdown() string {
 		if r.Case.Note != "" {
 			p("%s ", r.Case.Note)
 		}
-		p("Pool mode %s, pool size %d on both gateways. The case took %s.\n\n",
+		p("Pool mode %s, pool size %d on every gateway. The case took %s.\n\n",
 			r.Case.PoolMode, r.Case.PoolSize, r.Wall.Round(time.Second))
 		if r.Err != nil {
 			p("**Failed:** %s\n\n", oneLine(r.Err.Error()))
 		}
 		switch {
+		case r.Case.Hedging && r.Report != nil:
+			writeHedgeTables(&b, r)
 		case r.Report != nil:
 			writeLoadTables(&b, r.Report)
 		case len(r.Idle) > 0:
@@ -210,6 +219,10 @@ func (s *suite) observations() []string {
 		}
 		for _, pr := range r.Problems {
 			out = append(out, fmt.Sprintf("%s: %s", name, oneLine(pr)))
+		}
+		if v, ok := hedgeResult(r); ok && !v.Met {
+			out = append(out, fmt.Sprintf("%s: the bar is not met: p99 hedging on/off %.2f (at most %.2f), "+
+				"extra backend requests %.1f%% (at most %.0f%%)", name, v.P99Ratio, barP99Ratio, v.Extra*100, barExtra*100))
 		}
 		if r.Report != nil {
 			for _, t := range r.Report.Targets {
