@@ -166,19 +166,42 @@ var setWords = [][]byte{[]byte("set"), []byte("reset")}
 
 // mayPin reports whether sql could create or end pinned state.
 func mayPin(sql []byte) bool {
-	for _, w := range pinWords {
-		if indexFold(sql, w, 0) >= 0 {
-			return true
-		}
-	}
-	for _, w := range setWords {
-		for i := indexFold(sql, w, 0); i >= 0; i = indexFold(sql, w, i+1) {
-			if startsStatement(sql, i) && !identChar(sql, i+len(w)) {
+	// One pass over the text, trying only the words that start with the letter at hand: this
+	// runs on every query of every client in transaction mode.
+	for i := 0; i < len(sql); i++ {
+		for _, w := range wordsByFirst[lowerASCII(sql[i])] {
+			if i+len(w.text) > len(sql) || !bytes.EqualFold(sql[i:i+len(w.text)], w.text) {
+				continue
+			}
+			if !w.atStart || startsStatement(sql, i) && !identChar(sql, i+len(w.text)) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+type pinWord struct {
+	text    []byte
+	atStart bool // counts only as a statement's first word
+}
+
+// wordsByFirst indexes pinWords and setWords by their first letter.
+var wordsByFirst = func() (t [256][]pinWord) {
+	for _, w := range pinWords {
+		t[w[0]] = append(t[w[0]], pinWord{text: w})
+	}
+	for _, w := range setWords {
+		t[w[0]] = append(t[w[0]], pinWord{text: w, atStart: true})
+	}
+	return t
+}()
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // startsStatement reports whether the word at i may be a statement's first: only blanks separate
