@@ -4,6 +4,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -221,6 +222,35 @@ func (s *Server) Shutdown() {
 	for _, h := range hubs {
 		h.close()
 	}
+}
+
+// Drain waits until no backend connection is lent out, which in transaction and statement modes
+// means no transaction is running, or until ctx ends. It reports whether it saw none. Call it
+// after the listener is closed: clients already connected may still start transactions, and
+// those are waited for too (session-mode clients hold their backend until they leave).
+func (s *Server) Drain(ctx context.Context) bool {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.lentBackends() == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// lentBackends counts the backend connections lent to clients, across all pools.
+func (s *Server) lentBackends() int {
+	n := 0
+	for _, p := range s.Pools() {
+		st := p.Stats()
+		n += st.Open - st.Idle // also counts one being reset or checked: a moment longer
+	}
+	return n
 }
 
 // Pools returns the pools opened so far.

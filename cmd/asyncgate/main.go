@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -141,6 +143,8 @@ func run(args []string) error {
 	})
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "`ADDR` of an HTTP server for /metrics (Prometheus), /healthz and /readyz (default off)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	shutdownTimeout := 30 * time.Second
+	durationVar(fs, &shutdownTimeout, "shutdown-timeout", "on SIGTERM, how long running transactions may take to finish before they are cancelled (SIGINT: at once)")
 	var cpuProfile string
 	fs.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile to `FILE` until shutdown (for performance work)")
 	if err := fs.Parse(args); err != nil {
@@ -203,6 +207,7 @@ func run(args []string) error {
 		cfg.Log.Info("metrics listening", "addr", mln.Addr().String())
 	}
 
+	var graceful atomic.Bool
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	go func() {
@@ -216,12 +221,21 @@ func run(args []string) error {
 				continue
 			}
 			cfg.Log.Info("shutting down", "signal", sig.String())
+			graceful.Store(sig == syscall.SIGTERM)
 			ln.Close()
 			return
 		}
 	}()
 	if err := srv.Serve(ln); err != nil {
 		return err
+	}
+	if graceful.Load() {
+		// SIGTERM: running transactions may finish; then everything is cancelled and closed.
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		if !srv.Drain(ctx) {
+			cfg.Log.Warn("transactions still running at --shutdown-timeout: cancelling them", "timeout", shutdownTimeout)
+		}
+		cancel()
 	}
 	srv.Shutdown()
 	return nil
