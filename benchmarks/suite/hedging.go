@@ -257,26 +257,9 @@ func (s *suite) startReplicaPgBouncer(c benchCase, replica string) (*gateway, st
 	if err != nil {
 		return nil, "", err
 	}
-	ini := fmt.Sprintf(`[databases]
-%[1]s = host=%[2]s port=%[3]s dbname=%[1]s user=postgres password=%[4]s
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %[5]d
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = %[6]s
-pool_mode = %[7]s
-default_pool_size = %[8]d
-max_client_conn = 20000
-listen_backlog = %[9]d
-log_connections = 0
-log_disconnections = 0
-log_stats = 0
-`, database, host, port, pgPassword, bPort, s.workPath("userlist.txt"), c.PoolMode, c.PoolSize, somaxconn())
-	iniPath := s.workPath("pgbouncer-" + c.Slug + ".ini")
-	if err := os.WriteFile(iniPath, []byte(ini), 0o644); err != nil {
-		return nil, "", fmt.Errorf("pgbouncer ini: %w", err)
+	iniPath, ini, err := s.writePgBouncerINI(c, host, port, bPort)
+	if err != nil {
+		return nil, "", err
 	}
 	cred, err := postgresCredential()
 	if err != nil {

@@ -238,27 +238,11 @@ func (s *suite) startGateways(ctx context.Context, c benchCase) (ag, pgb *gatewa
 	// (server_reset_query DISCARD ALL, server_check_delay 30, server_idle_timeout 600,
 	// server_lifetime 3600, query_wait_timeout 120). Connection logging is off because asyncgate
 	// at --log-level warn logs none; listen_backlog matches Go's (net.core.somaxconn).
-	ini = fmt.Sprintf(`[databases]
-%[1]s = host=%[2]s port=%[3]s dbname=%[1]s user=postgres password=%[4]s
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %[5]d
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = %[6]s
-pool_mode = %[7]s
-default_pool_size = %[8]d
-max_client_conn = 20000
-listen_backlog = %[9]d
-log_connections = 0
-log_disconnections = 0
-log_stats = 0
-`, database, pgHost, pgPort, pgPassword, bPort, s.workPath("userlist.txt"), c.PoolMode, c.PoolSize, somaxconn())
-	iniPath := s.workPath("pgbouncer-" + c.Slug + ".ini")
-	if err := os.WriteFile(iniPath, []byte(ini), 0o644); err != nil {
+	var iniPath string
+	iniPath, ini, err = s.writePgBouncerINI(c, pgHost, pgPort, bPort)
+	if err != nil {
 		ag.stop(10 * time.Second)
-		return nil, nil, "", fmt.Errorf("pgbouncer ini: %w", err)
+		return nil, nil, "", err
 	}
 	cred, err := postgresCredential()
 	if err != nil {
@@ -281,6 +265,33 @@ log_stats = 0
 		}
 	}
 	return ag, pgb, ini, nil
+}
+
+// writePgBouncerINI writes PgBouncer's configuration for case c, in front of the backend at
+// host:port, listening on bPort, and returns its path and text.
+func (s *suite) writePgBouncerINI(c benchCase, host, port string, bPort int) (path, ini string, err error) {
+	ini = fmt.Sprintf(`[databases]
+%[1]s = host=%[2]s port=%[3]s dbname=%[1]s user=postgres password=%[4]s
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = %[5]d
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = %[6]s
+pool_mode = %[7]s
+default_pool_size = %[8]d
+max_client_conn = 20000
+listen_backlog = %[9]d
+log_connections = 0
+log_disconnections = 0
+log_stats = 0
+`, database, host, port, pgPassword, bPort, s.workPath("userlist.txt"), c.PoolMode, c.PoolSize, somaxconn())
+	path = s.workPath("pgbouncer-" + c.Slug + ".ini")
+	if err := os.WriteFile(path, []byte(ini), 0o644); err != nil {
+		return "", "", fmt.Errorf("pgbouncer ini: %w", err)
+	}
+	return path, ini, nil
 }
 
 // waitLogin polls until a client can log in through g and run a query.
