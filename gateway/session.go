@@ -322,8 +322,6 @@ func (s *session) authenticated() {
 		for _, t := range []byte{'Q', 'P', 'B', 'D', 'C'} {
 			s.in.SetInspect(t, true)
 		}
-	}
-	if s.mode != sessionMode {
 		s.srv.startReads(db, s.user)
 	}
 	s.acquire()
