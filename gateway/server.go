@@ -4,7 +4,6 @@ package gateway
 
 import (
 	"context"
-	"time"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
