@@ -143,6 +143,8 @@ func run(args []string) error {
 	})
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", "", "`ADDR` of an HTTP server for /metrics (Prometheus), /healthz and /readyz (default off)")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	logFormat := "text"
+	fs.StringVar(&logFormat, "log-format", logFormat, "text (key=value) or json, one record per line on stderr")
 	shutdownTimeout := 30 * time.Second
 	durationVar(fs, &shutdownTimeout, "shutdown-timeout", "on SIGTERM, how long running transactions may take to finish before they are cancelled (SIGINT: at once)")
 	var cpuProfile string
@@ -163,7 +165,11 @@ func run(args []string) error {
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	handler, err := logHandler(logFormat, &slog.HandlerOptions{Level: level})
+	if err != nil {
+		return err
+	}
+	cfg.Log = slog.New(handler)
 
 	if limit, err := loop.RaiseFileLimit(); err != nil {
 		cfg.Log.Warn("could not raise the open files limit", "err", err)
@@ -329,4 +335,15 @@ func parseOnOff(v string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%q is not on or off", v)
+}
+
+// logHandler writes records to stderr in the chosen format.
+func logHandler(format string, opts *slog.HandlerOptions) (slog.Handler, error) {
+	switch format {
+	case "text":
+		return slog.NewTextHandler(os.Stderr, opts), nil
+	case "json":
+		return slog.NewJSONHandler(os.Stderr, opts), nil
+	}
+	return nil, fmt.Errorf("--log-format: %q is not text or json", format)
 }
