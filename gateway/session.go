@@ -418,6 +418,7 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 // ready completes the login: the server's parameters, our own cancel key, ReadyForQuery.
 func (s *session) ready() {
 	s.disarm()
+	s.srv.log.Info("login", "user", s.user, "database", s.db.name, "addr", s.io.RemoteAddr(), "pool_mode", s.mode.String())
 	for name, value := range s.be.Params {
 		s.io.Write(wire.AppendParameterStatus(nil, name, value))
 	}
@@ -638,7 +639,11 @@ func (s *session) Flush() {
 }
 
 // OnClose implements loop.Handler: the client is gone, so give back or drain what it held.
-func (s *session) OnClose(error) {
+func (s *session) OnClose(err error) {
+	if s.keyed { // logged in; a login that failed was logged by fatal
+		s.srv.log.Info("client disconnected", "user", s.user, "database", s.startup["database"]+s.dbName(),
+			"addr", s.io.RemoteAddr(), "err", err)
+	}
 	s.state = stClosed
 	s.disarm()
 	if s.withdraw != nil {
@@ -674,8 +679,18 @@ func (s *session) fatal(code, msg string) {
 		return
 	}
 	s.state = stClosed
+	s.srv.log.Info("closing client", "user", s.user, "database", s.startup["database"]+s.dbName(),
+		"addr", s.io.RemoteAddr(), "code", code, "reason", msg)
 	s.io.Write(wire.AppendError(nil, "FATAL", code, msg))
 	s.io.Close()
+}
+
+// dbName is the client's database alias once routed (startup is dropped after login).
+func (s *session) dbName() string {
+	if s.db != nil && s.startup == nil {
+		return s.db.name
+	}
+	return ""
 }
 
 // errorFields gives the SQLSTATE and message to send for an error from below.
