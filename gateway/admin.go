@@ -365,9 +365,10 @@ func poolDatabase(k poolKey) string {
 	return fmt.Sprintf("%s/replica%d", k.database, k.backend)
 }
 
-// lent is the connections lent to clients: those neither idle nor being opened.
+// lent is the connections lent to clients: the open ones not idle (one being reset or checked
+// counts too, for the moment that takes).
 func lent(st pool.Stats) int {
-	return max(st.Open-st.Idle-st.Connecting, 0)
+	return max(st.Open-st.Idle, 0)
 }
 
 // showPools: cl_active counts clients holding a backend (one per lent connection), so in session

@@ -84,13 +84,13 @@ var (
 		"Request units that ran on one of the database's replicas.", []string{"database"}, nil)
 
 	descOpen = prometheus.NewDesc("asyncgate_pool_connections_open",
-		"Backend connections of the pool, whatever their state (idle, lent or being opened).", poolLabels, nil)
+		"Backend connections of the pool that are open: idle, lent, or being reset or checked.", poolLabels, nil)
 	descIdle = prometheus.NewDesc("asyncgate_pool_connections_idle",
 		"Backend connections idle in the pool.", poolLabels, nil)
 	descConnecting = prometheus.NewDesc("asyncgate_pool_connections_connecting",
 		"Backend connections being opened.", poolLabels, nil)
 	descActive = prometheus.NewDesc("asyncgate_pool_connections_active",
-		"Backend connections lent to clients (open minus idle minus connecting).", poolLabels, nil)
+		"Backend connections lent to clients (open minus idle).", poolLabels, nil)
 	descWaiting = prometheus.NewDesc("asyncgate_pool_clients_waiting",
 		"Clients waiting for a connection of the pool.", poolLabels, nil)
 	descFailures = prometheus.NewDesc("asyncgate_pool_backend_failures_total",

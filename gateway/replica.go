@@ -464,7 +464,8 @@ func (s *session) chooseReplica() *replica {
 		return nil
 	}
 	stmts, complete := s.queuedStatements()
-	s.unitWrites = !allRead(stmts)
+	// A unit that runs nothing (pgx's Parse and Describe of a new statement) writes nothing.
+	s.unitWrites = len(stmts) > 0 && !allRead(stmts)
 	window := s.srv.cfg.ReadYourWritesWindow
 	u := unitFacts{
 		routing:     s.db.reads.routing,

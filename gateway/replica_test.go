@@ -292,3 +292,45 @@ func TestReplicaBreakerOpen(t *testing.T) {
 		t.Fatalf("ReplicaReads = %d with the only replica down", n)
 	}
 }
+
+// --read-your-writes-window keeps a client's reads on the primary for a while after it wrote, so
+// it reads what it wrote even on a lagging replica; other clients' reads still go to the replica.
+func TestReadYourWritesWindow(t *testing.T) {
+	primary, replica := primaryWithReplica(t)
+	ctx := ctxT(t)
+	if err := primary.Exec(ctx, "CREATE TABLE IF NOT EXISTS ryw (v int)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := replica.WaitReplay(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g := startRouting(t, primary, replica, "auto", func(c *gateway.Config) { c.ReadYourWritesWindow = time.Minute })
+	writer, reader := g.connect(t), g.connect(t)
+	// SHOW calls no function, so it is a read even before the gateway has loaded which functions
+	// are (a pg_is_in_recovery() then could write, as far as it knows, and starts the window).
+	eventually(t, "a read runs on the replica", func() bool { return onStandby(t, ctx, reader) })
+	if !onStandby(t, ctx, writer) {
+		t.Fatal("a client that never wrote read from the primary")
+	}
+	if _, err := writer.Exec(ctx, "INSERT INTO ryw VALUES (1)"); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if onStandby(t, ctx, writer) {
+			t.Fatal("a read within --read-your-writes-window of the client's write ran on the replica")
+		}
+	}
+	if !onStandby(t, ctx, reader) {
+		t.Fatal("another client's read stayed on the primary after the writer wrote")
+	}
+}
+
+// onStandby reports whether a read ran on a standby: transactions there are read-only.
+func onStandby(t *testing.T, ctx context.Context, conn *pgx.Conn) bool {
+	t.Helper()
+	var ro string
+	if err := conn.QueryRow(ctx, "SHOW transaction_read_only").Scan(&ro); err != nil {
+		t.Fatal(err)
+	}
+	return ro == "on"
+}

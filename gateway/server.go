@@ -247,8 +247,7 @@ func (s *Server) Drain(ctx context.Context) bool {
 func (s *Server) lentBackends() int {
 	n := 0
 	for _, p := range s.Pools() {
-		st := p.Stats()
-		n += st.Open - st.Idle // also counts one being reset or checked: a moment longer
+		n += lent(p.Stats())
 	}
 	return n
 }

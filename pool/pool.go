@@ -94,7 +94,10 @@ func (p *Pool) Name() string { return p.cfg.Name }
 
 // Stats is a snapshot of the pool's counters.
 type Stats struct {
-	Open, Idle, Connecting, Waiting int
+	Open       int // connections opened and not yet closed: idle, lent, or being reset or checked
+	Idle       int // of Open, those waiting to be lent
+	Connecting int // connections being opened, not counted in Open
+	Waiting    int // lenders waiting for a connection
 
 	BackendFailures uint64 // failed connects, broken connections and failed health checks
 	BreakerOpens    uint64 // times the circuit breaker opened
