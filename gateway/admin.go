@@ -517,22 +517,24 @@ func (s *Server) showDatabases() *adminTable {
 	return t
 }
 
-// The statistics columns of SHOW STATS, STATS_TOTALS and STATS_AVERAGES. The gateway does not
-// count queries, transactions, bytes or wait time per database yet: they read 0.
+// The statistics columns of SHOW STATS, STATS_TOTALS and STATS_AVERAGES, from the request-unit
+// counters (stats.go); times in microseconds, as PgBouncer's. Parse and bind counts are not
+// tracked: they read 0.
 var statsTotals = []string{"server_assignment_count", "xact_count", "query_count", "bytes_received",
 	"bytes_sent", "xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count"}
 
-func (s *Server) statsTable(names []string) *adminTable {
+// statsRow gives a totals row's values in statsTotals' order.
+func statsRow(r statsTotalsRow) []any {
+	return []any{r.assignments, r.xacts, r.queries, r.recv, r.sent, r.xactTime, r.queryTime, r.waitTime, 0, 0, 0}
+}
+
+func (s *Server) statsTable(names []string, rows func(db string) []any) *adminTable {
 	t := &adminTable{cols: append(cols("database"), cols(names...)...)}
 	for i := range t.cols[1:] {
 		t.cols[i+1].num = true
 	}
 	for _, name := range s.databaseNames() {
-		row := []any{name}
-		for range names {
-			row = append(row, 0)
-		}
-		t.rows = append(t.rows, row)
+		t.rows = append(t.rows, append([]any{name}, rows(name)...))
 	}
 	return t
 }
@@ -544,11 +546,21 @@ func (s *Server) showStats() *adminTable {
 		"avg_server_assignment_count", "avg_xact_count", "avg_query_count", "avg_recv", "avg_sent",
 		"avg_xact_time", "avg_query_time", "avg_wait_time", "avg_client_parse_count",
 		"avg_server_parse_count", "avg_bind_count"}
-	return s.statsTable(names)
+	totals, avgs := s.databaseTotals(), s.databaseAverages()
+	return s.statsTable(names, func(db string) []any {
+		return append(statsRow(totals[db]), statsRow(avgs[db])...)
+	})
 }
 
-func (s *Server) showStatsTotals() *adminTable   { return s.statsTable(statsTotals) }
-func (s *Server) showStatsAverages() *adminTable { return s.statsTable(statsTotals) }
+func (s *Server) showStatsTotals() *adminTable {
+	totals := s.databaseTotals()
+	return s.statsTable(statsTotals, func(db string) []any { return statsRow(totals[db]) })
+}
+
+func (s *Server) showStatsAverages() *adminTable {
+	avgs := s.databaseAverages()
+	return s.statsTable(statsTotals, func(db string) []any { return statsRow(avgs[db]) })
+}
 
 // configEntry is one row of SHOW CONFIG.
 type configEntry struct{ key, value, def string }

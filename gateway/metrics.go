@@ -25,6 +25,7 @@ func (s *Server) MetricsHandler() http.Handler {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&collector{s: s},
+		s.metrics.queueWait, s.metrics.backend, s.metrics.total, s.metrics.errors,
 	)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
@@ -83,6 +84,18 @@ var (
 	descReplicaReads = prometheus.NewDesc("asyncgate_replica_reads_total",
 		"Request units that ran on one of the database's replicas.", []string{"database"}, nil)
 
+	userLabels  = []string{"database", "user"}
+	descQueries = prometheus.NewDesc("asyncgate_queries_total",
+		"Queries answered (one per ReadyForQuery: a simple Query or an extended-protocol Sync).", userLabels, nil)
+	descXacts = prometheus.NewDesc("asyncgate_transactions_total",
+		"Transactions ended, autocommit statements included.", userLabels, nil)
+	descRecv = prometheus.NewDesc("asyncgate_client_received_bytes_total",
+		"Bytes received from clients.", userLabels, nil)
+	descSent = prometheus.NewDesc("asyncgate_client_sent_bytes_total",
+		"Bytes of backend responses sent to clients.", userLabels, nil)
+	descAssign = prometheus.NewDesc("asyncgate_backend_assignments_total",
+		"Times a client was given a backend connection.", userLabels, nil)
+
 	descOpen = prometheus.NewDesc("asyncgate_pool_connections_open",
 		"Backend connections of the pool that are open: idle, lent, or being reset or checked.", poolLabels, nil)
 	descIdle = prometheus.NewDesc("asyncgate_pool_connections_idle",
@@ -109,7 +122,8 @@ type collector struct{ s *Server }
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descClients, descClientLimit, descPinned, descListen, descReplicaReads,
 		descOpen, descIdle, descConnecting, descActive, descWaiting, descFailures,
-		descBreaker, descBreakerOpens, descBreakerRejects} {
+		descBreaker, descBreakerOpens, descBreakerRejects,
+		descQueries, descXacts, descRecv, descSent, descAssign} {
 		ch <- d
 	}
 }
@@ -130,6 +144,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if len(s.dbs[name].replicas) > 0 {
 			counter(descReplicaReads, float64(s.ReplicaReads(name)), name)
 		}
+	}
+	for _, st := range s.allUnitStats() {
+		counter(descQueries, float64(st.queries.Load()), st.database, st.user)
+		counter(descXacts, float64(st.xacts.Load()), st.database, st.user)
+		counter(descRecv, float64(st.recv.Load()), st.database, st.user)
+		counter(descSent, float64(st.sent.Load()), st.database, st.user)
+		counter(descAssign, float64(st.assignments.Load()), st.database, st.user)
 	}
 	for _, e := range s.poolEntries() {
 		l := []string{e.key.database, e.key.user, strconv.Itoa(e.key.backend)}

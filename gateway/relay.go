@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/asyncgate/asyncgate/pool"
 	"github.com/asyncgate/asyncgate/wire"
@@ -62,6 +63,15 @@ func (s *session) relay(f *wire.Frame) {
 // startWork arms the query timeout when the client starts waiting for the backend.
 func (s *session) startWork() {
 	s.timedOut = false
+	if s.st != nil {
+		now := time.Now()
+		if s.busyStart.IsZero() {
+			s.busyStart = now
+		}
+		if s.xactStart.IsZero() {
+			s.xactStart = now
+		}
+	}
 	if d := s.srv.cfg.QueryTimeout; d > 0 {
 		s.arm(d, func() {
 			s.timedOut = true
@@ -117,6 +127,7 @@ func (s *session) backendFrame(f *wire.Frame) error {
 	}
 	if s.fwd {
 		s.io.Write(f.Raw)
+		s.sentBytes += int64(len(f.Raw))
 	}
 	if f.Last {
 		s.complete(f)
@@ -147,8 +158,9 @@ func (s *session) classify(f *wire.Frame) bool {
 	case 'E':
 		if s.timedOut && !internal {
 			if _, code, _, err := wire.ErrorFields(f.Body); err == nil && string(code) == "57014" {
-				s.io.Write(wire.AppendError(nil, "ERROR", "57014", fmt.Sprintf(
-					"canceling statement due to query timeout (--query-timeout %s)", s.srv.cfg.QueryTimeout)))
+				msg := fmt.Sprintf("canceling statement due to query timeout (--query-timeout %s)", s.srv.cfg.QueryTimeout)
+				s.io.Write(wire.AppendError(nil, "ERROR", "57014", msg))
+				s.requestFailed("gateway", "57014", msg)
 				return false
 			}
 		}
@@ -206,6 +218,9 @@ func (s *session) backendError(f *wire.Frame, head *slot) {
 	if head.act == actSwallow && head.kind == 'Q' {
 		s.srv.log.Warn("gateway query failed on backend", "backend", s.be.Addr(), "code", string(code), "err", string(msg))
 	}
+	if head.act != actSwallow && !(s.timedOut && string(code) == "57014") {
+		s.requestFailed("backend", string(code), string(msg))
+	}
 	if s.pt != nil && head.act != actSwallow {
 		s.pt.unitFailed = true
 	}
@@ -232,6 +247,14 @@ func (s *session) readyForQuery(f *wire.Frame, head *slot) {
 	s.copyIn = false
 	if !internal {
 		s.settlePins(status)
+		if st := s.st; st != nil && s.state == stLinked {
+			st.queries.Add(1)
+			if status == 'I' && !s.xactStart.IsZero() {
+				st.xacts.Add(1)
+				st.xactTime.Add(time.Since(s.xactStart).Microseconds())
+				s.xactStart = time.Time{}
+			}
+		}
 	}
 	if s.state == stSetup {
 		if s.slots.empty() {
@@ -240,8 +263,9 @@ func (s *session) readyForQuery(f *wire.Frame, head *slot) {
 		return
 	}
 	if s.mode == statementMode && !internal && status != 'I' {
-		s.io.Write(wire.AppendError(nil, "ERROR", "0A000",
-			"transaction blocks are not allowed in statement pooling mode (--pool-mode statement); the transaction was rolled back"))
+		const msg = "transaction blocks are not allowed in statement pooling mode (--pool-mode statement); the transaction was rolled back"
+		s.io.Write(wire.AppendError(nil, "ERROR", "0A000", msg))
+		s.requestFailed("gateway", "0A000", msg)
 		s.io.Write(wire.AppendReadyForQuery(nil, 'I'))
 		s.internalQuery("ROLLBACK")
 		return

@@ -45,6 +45,9 @@ type Server struct {
 
 	settings settingsTable // tracked parameters shared between sessions
 
+	metrics *unitMetrics // latency histograms and error counters (stats.go)
+	stats   unitStatsSet // request-unit statistics per (database, user)
+
 	classifier *sqlclass.Classifier // nil unless --pin-on-session-state or --listen-fanout
 	pinned     atomic.Int64         // clients pinned to their backend by session state
 
@@ -96,6 +99,8 @@ func New(cfg Config) (*Server, error) {
 		cancels: make(map[cancelKey]*session),
 	}
 	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.metrics = newUnitMetrics()
+	s.stats.prevAt = time.Now()
 	if cfg.PinOnSessionState || cfg.ListenFanout {
 		s.classifier = sqlclass.New(cfg.ParseCacheSize)
 	}

@@ -93,6 +93,16 @@ type session struct {
 
 	key   cancelKey
 	keyed bool
+
+	// Request-unit measurements (stats.go); st is nil until the client is routed to a database.
+	st        *unitStats
+	unitStart time.Time // first client message of the unit in progress
+	busyStart time.Time // the backend started owing responses
+	xactStart time.Time // the backend's transaction (or autocommit statement) started
+	waitStart time.Time // a backend was asked for
+	unitWait  time.Duration
+	recvBytes int64 // client bytes not yet added to st
+	sentBytes int64
 }
 
 // queuedFrame is a copy of a client frame kept until a backend is available.
@@ -139,6 +149,9 @@ func (s *session) disarm() {
 func (s *session) OnData(b []byte) {
 	if s.state == stClosed {
 		return
+	}
+	if s.st != nil {
+		s.recvBytes += int64(len(b))
 	}
 	if s.tlsPending {
 		if !s.io.TLS() {
@@ -314,6 +327,7 @@ func (s *session) authenticated() {
 	}
 	p := s.srv.pool(db, s.user)
 	s.db, s.pool, s.primary, s.state = db, p, p, stWaiting
+	s.st = s.srv.unitStatsFor(db.name, s.user)
 	s.mode = s.srv.modeFor(db, s.user)
 	if s.mode != sessionMode {
 		// Statements are the gateway's to track: read their messages whole, within a bound
@@ -330,6 +344,9 @@ func (s *session) authenticated() {
 // acquire asks for a backend for the queued unit: from a replica if read routing allows, else
 // from the primary. backendReady gets the answer.
 func (s *session) acquire() {
+	if s.waitStart.IsZero() {
+		s.waitStart = time.Now()
+	}
 	s.leaveReplica()
 	if r := s.chooseReplica(); r != nil {
 		r.outstanding.Add(1)
@@ -368,6 +385,13 @@ func (s *session) acquireFrom(p *pool.Pool) {
 // backendReady is the pool's answer: link the client to c, or tell it why not.
 func (s *session) backendReady(c *pool.Conn, err error) {
 	s.waiting, s.withdraw = false, nil
+	if c != nil && !s.waitStart.IsZero() && s.st != nil {
+		w := time.Since(s.waitStart)
+		s.waitStart = time.Time{}
+		s.unitWait += w
+		s.st.assignments.Add(1)
+		s.st.waitTime.Add(w.Microseconds())
+	}
 	if s.state == stClosed {
 		if c != nil {
 			c.Pool().Return(c)
@@ -478,6 +502,9 @@ func (s *session) clientMessage(f *wire.Frame) {
 		s.io.Close()
 		return
 	}
+	if f.First && s.unitStart.IsZero() && s.state == stLinked {
+		s.unitStart = time.Now()
+	}
 	if len(s.queued) == 0 {
 		if e, ok := s.hubCommand(f); ok {
 			s.runHubCommand(e) // LISTEN fan-out: no backend needed
@@ -523,6 +550,7 @@ func (s *session) afterUnit() {
 	if s.state != stLinked || !s.slots.empty() || s.unsynced || s.copyIn || len(s.queued) > 0 && !s.heldBack || s.hubWait {
 		return
 	}
+	s.unitEnded()
 	if s.heldBack {
 		s.nextUnit()
 		return
@@ -663,6 +691,7 @@ func (s *session) OnClose(err error) {
 	if s.sub != nil {
 		s.sub.hub.unsubscribeAll(s.sub)
 	}
+	s.flushBytes()
 	s.in.Reset()
 	s.abortHedge()
 	if be := s.be; be != nil {
@@ -679,6 +708,7 @@ func (s *session) fatal(code, msg string) {
 		return
 	}
 	s.state = stClosed
+	s.srv.countError(s.db, "gateway", code)
 	s.srv.log.Info("closing client", "user", s.user, "database", s.startup["database"]+s.dbName(),
 		"addr", s.io.RemoteAddr(), "code", code, "reason", msg)
 	s.io.Write(wire.AppendError(nil, "FATAL", code, msg))
