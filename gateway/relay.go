@@ -64,7 +64,7 @@ func (s *session) relay(f *wire.Frame) {
 func (s *session) startWork() {
 	s.timedOut = false
 	if s.st != nil {
-		now := time.Now()
+		now := s.now()
 		if s.busyStart.IsZero() {
 			s.busyStart = now
 		}
@@ -106,7 +106,9 @@ func (s *session) backendData(c *pool.Conn, b []byte) {
 	if hr := s.hedge; hr != nil {
 		s.raceFirst(hr)
 	}
+	s.inEvent = true
 	err := c.Frames.Feed(b, s.backendFrame)
+	s.endEvent()
 	if err != nil && !errors.Is(err, errStop) {
 		s.srv.log.Warn("backend protocol error", "backend", c.Addr(), "err", err)
 		s.fatal("08006", fmt.Sprintf("server connection failed: %v", err))
@@ -251,7 +253,7 @@ func (s *session) readyForQuery(f *wire.Frame, head *slot) {
 			st.queries.Add(1)
 			if status == 'I' && !s.xactStart.IsZero() {
 				st.xacts.Add(1)
-				st.xactTime.Add(time.Since(s.xactStart).Microseconds())
+				st.xactTime.Add(s.now().Sub(s.xactStart).Microseconds())
 				s.xactStart = time.Time{}
 			}
 		}

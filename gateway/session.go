@@ -100,6 +100,8 @@ type session struct {
 	busyStart time.Time // the backend started owing responses
 	xactStart time.Time // the backend's transaction (or autocommit statement) started
 	waitStart time.Time // a backend was asked for
+	clock     time.Time // now(), while inEvent
+	inEvent   bool
 	unitWait  time.Duration
 	recvBytes int64 // client bytes not yet added to st
 	sentBytes int64
@@ -152,6 +154,8 @@ func (s *session) OnData(b []byte) {
 	}
 	if s.st != nil {
 		s.recvBytes += int64(len(b))
+		s.inEvent = true
+		defer s.endEvent()
 	}
 	if s.tlsPending {
 		if !s.io.TLS() {
@@ -344,8 +348,8 @@ func (s *session) authenticated() {
 // acquire asks for a backend for the queued unit: from a replica if read routing allows, else
 // from the primary. backendReady gets the answer.
 func (s *session) acquire() {
-	if s.waitStart.IsZero() {
-		s.waitStart = time.Now()
+	if s.waitStart.IsZero() && s.st != nil {
+		s.waitStart = s.now()
 	}
 	s.leaveReplica()
 	if r := s.chooseReplica(); r != nil {
@@ -359,7 +363,7 @@ func (s *session) acquire() {
 func (s *session) acquireFrom(p *pool.Pool) {
 	s.waiting = true
 	handOver := func(c *pool.Conn, err error) {
-		if !s.io.Exec(func() { s.backendReady(c, err) }) && c != nil {
+		if !s.io.Exec(func() { s.inEvent = true; s.backendReady(c, err); s.endEvent() }) && c != nil {
 			p.Return(c) // the client left while waiting; the connection is untouched
 		}
 	}
@@ -386,7 +390,7 @@ func (s *session) acquireFrom(p *pool.Pool) {
 func (s *session) backendReady(c *pool.Conn, err error) {
 	s.waiting, s.withdraw = false, nil
 	if c != nil && !s.waitStart.IsZero() && s.st != nil {
-		w := time.Since(s.waitStart)
+		w := s.now().Sub(s.waitStart)
 		s.waitStart = time.Time{}
 		s.unitWait += w
 		s.st.assignments.Add(1)
@@ -503,7 +507,7 @@ func (s *session) clientMessage(f *wire.Frame) {
 		return
 	}
 	if f.First && s.unitStart.IsZero() && s.state == stLinked {
-		s.unitStart = time.Now()
+		s.unitStart = s.now()
 	}
 	if len(s.queued) == 0 {
 		if e, ok := s.hubCommand(f); ok {

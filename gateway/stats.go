@@ -179,7 +179,7 @@ func (s *session) unitEnded() {
 		s.unitWait = 0
 		return
 	}
-	now := time.Now()
+	now := s.now()
 	st.total.Observe(now.Sub(s.unitStart).Seconds())
 	st.queueWait.Observe(s.unitWait.Seconds())
 	if !s.busyStart.IsZero() {
@@ -190,6 +190,22 @@ func (s *session) unitEnded() {
 	s.unitStart, s.busyStart, s.unitWait = time.Time{}, time.Time{}, 0
 	s.flushBytes()
 }
+
+// now is the time of the event the session is handling: one clock reading serves every time
+// stamp taken while it handles one batch of client or backend bytes (a reading costs about as
+// much as the rest of the accounting). The busy entry points (OnData, backendData, a backend
+// handed over) mark the event; elsewhere now reads the clock each time.
+func (s *session) now() time.Time {
+	if !s.inEvent {
+		return time.Now()
+	}
+	if s.clock.IsZero() {
+		s.clock = time.Now()
+	}
+	return s.clock
+}
+
+func (s *session) endEvent() { s.inEvent, s.clock = false, time.Time{} }
 
 // flushBytes adds the bytes counted in the session to its database's totals.
 func (s *session) flushBytes() {
