@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -164,10 +165,10 @@ func (d *Epoll) Serve(ln net.Listener, accept func(Conn) Handler) error {
 			}
 			return fmt.Errorf("loop: accept: %w", err)
 		}
-		var addr net.Addr
+		var addr netip.AddrPort
 		switch aerr {
 		case nil:
-			addr = sockaddrToAddr(sa, tcp)
+			addr = sockaddrToAddrPort(sa)
 		case unix.EAGAIN:
 			nc, err := ln.Accept()
 			if err != nil {
@@ -182,7 +183,9 @@ func (d *Epoll) Serve(ln net.Listener, accept func(Conn) Handler) error {
 				}
 				return fmt.Errorf("loop: accept: %w", err)
 			}
-			addr = nc.RemoteAddr()
+			if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+				addr = a.AddrPort()
+			}
 			if nfd, err = detach(nc); err != nil {
 				// No descriptor for the duplicate (at the limit): rather than drop the client,
 				// serve it as it is.
@@ -251,29 +254,49 @@ func setTCPOptions(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
 }
 
-func sockaddrToAddr(sa unix.Sockaddr, tcp bool) net.Addr {
+// sockaddrToAddrPort keeps a TCP peer's address inline in its connection: a net.Addr would cost
+// every idle client two more allocations (the TCPAddr and its IP). Unix-domain peers, which have
+// no address worth showing, get the zero AddrPort.
+func sockaddrToAddrPort(sa unix.Sockaddr) netip.AddrPort {
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
-		return &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 	case *unix.SockaddrInet6:
-		a := &net.TCPAddr{IP: append(net.IP(nil), sa.Addr[:]...), Port: sa.Port}
+		ip := netip.AddrFrom16(sa.Addr)
 		if sa.ZoneId != 0 {
 			if ifi, err := net.InterfaceByIndex(int(sa.ZoneId)); err == nil {
-				a.Zone = ifi.Name
+				ip = ip.WithZone(ifi.Name)
 			}
 		}
-		return a
-	case *unix.SockaddrUnix:
-		return &net.UnixAddr{Name: sa.Name, Net: "unix"}
+		return netip.AddrPortFrom(ip, uint16(sa.Port))
 	}
-	if tcp {
-		return &net.TCPAddr{}
+	return netip.AddrPort{}
+}
+
+// fdTable finds a loop's connections by descriptor. Descriptors are small and dense, so a slice
+// indexed by them costs an idle client 8 bytes (per loop) where a map cost about 30, and finding the
+// connection of an event is an index rather than a hash.
+type fdTable struct{ s []*econn }
+
+func (t *fdTable) get(fd int) *econn {
+	if uint(fd) < uint(len(t.s)) {
+		return t.s[fd]
 	}
-	return &net.UnixAddr{Net: "unix"}
+	return nil
+}
+
+func (t *fdTable) put(fd int, c *econn) {
+	if fd >= len(t.s) {
+		if c == nil {
+			return
+		}
+		t.s = append(t.s, make([]*econn, max(fd+1, 2*len(t.s), 64)-len(t.s))...)
+	}
+	t.s[fd] = c
 }
 
 // dispatch hands an accepted socket to the loop with the fewest connections.
-func (d *Epoll) dispatch(fd int, addr net.Addr, accept func(Conn) Handler) bool {
+func (d *Epoll) dispatch(fd int, addr netip.AddrPort, accept func(Conn) Handler) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -314,8 +337,10 @@ func (d *Epoll) held() (buffers, pending int) {
 	for _, l := range d.loops {
 		l.do(func(l *eloop) {
 			buffers += l.leased
-			for _, c := range l.conns {
-				pending += c.pending()
+			for _, c := range l.conns.s {
+				if c != nil {
+					pending += c.pending()
+				}
 			}
 		})
 	}
@@ -397,7 +422,7 @@ type eloop struct {
 	woken atomic.Bool
 
 	// Owned by the loop goroutine.
-	conns     map[int]*econn
+	conns     fdTable
 	streams   map[int]*estream
 	curStream *estream // the stream whose OnData runs
 	events    []unix.EpollEvent
@@ -433,7 +458,7 @@ func newLoop(d *Epoll, index int) (*eloop, error) {
 		unix.Close(efd)
 		return nil, fmt.Errorf("loop: epoll fd: %w", err)
 	}
-	l := &eloop{drv: d, index: index, epfd: epfd, efd: efd, conns: make(map[int]*econn),
+	l := &eloop{drv: d, index: index, epfd: epfd, efd: efd,
 		streams: make(map[int]*estream), events: make([]unix.EpollEvent, 256)}
 	l.epf = os.NewFile(uintptr(epfd), "epoll")
 	rc, err := l.epf.SyscallConn()
@@ -554,7 +579,7 @@ func (l *eloop) run(ready chan<- struct{}) {
 				l.woken.Store(false)
 				continue
 			}
-			if c := l.conns[int(ev.Fd)]; c != nil {
+			if c := l.conns.get(int(ev.Fd)); c != nil {
 				l.event(c, ev.Events)
 			} else if s := l.streams[int(ev.Fd)]; s != nil {
 				l.streamEvent(s, ev.Events)
@@ -569,8 +594,10 @@ func (l *eloop) run(ready chan<- struct{}) {
 
 // shutdown closes every connection and answers what is still queued.
 func (l *eloop) shutdown() {
-	for _, c := range l.conns {
-		l.closeConn(c, net.ErrClosed)
+	for _, c := range l.conns.s {
+		if c != nil {
+			l.closeConn(c, net.ErrClosed)
+		}
 	}
 	for _, s := range l.streams {
 		l.closeStream(s, net.ErrClosed)
@@ -763,19 +790,19 @@ func (l *eloop) setInterest(c *econn) {
 // fail records a fatal error for c; settle closes it.
 func (l *eloop) fail(c *econn, op string, err error) {
 	if c.dead == nil {
-		c.dead = &net.OpError{Op: op, Net: "tcp", Addr: c.addr, Err: os.NewSyscallError(op, err)}
+		c.dead = &net.OpError{Op: op, Net: "tcp", Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, err)}
 	}
 	l.touch(c)
 }
 
-func (l *eloop) register(fd int, addr net.Addr, accept func(Conn) Handler) {
+func (l *eloop) register(fd int, addr netip.AddrPort, accept func(Conn) Handler) {
 	if l.stopping {
 		unix.Close(fd)
 		l.count.Add(-1)
 		return
 	}
 	c := &econn{l: l, fd: fd, addr: addr}
-	l.conns[fd] = c
+	l.conns.put(fd, c)
 	c.inCall = true
 	c.h = accept(c)
 	c.inCall = false
@@ -953,7 +980,7 @@ func (l *eloop) closeConn(c *econn, err error) {
 	}
 	if c.fd >= 0 {
 		unix.Close(c.fd) // also leaves epoll: the descriptor was never duplicated
-		delete(l.conns, c.fd)
+		l.conns.put(c.fd, nil)
 		l.count.Add(-1)
 		c.fd = -1
 	}
@@ -997,7 +1024,7 @@ func (l *eloop) handover(c *econn) {
 	f := os.NewFile(uintptr(c.fd), "client")
 	nc, err := net.FileConn(f)
 	f.Close()
-	delete(l.conns, c.fd)
+	l.conns.put(c.fd, nil)
 	l.count.Add(-1)
 	c.fd = -1
 	if err != nil {
@@ -1029,7 +1056,7 @@ type econn struct {
 	l    *eloop
 	fd   int
 	h    Handler
-	addr net.Addr
+	addr netip.AddrPort // zero for a Unix-domain peer
 
 	// g is set once the connection has moved to the goroutine driver (TLS); every method then
 	// forwards to it.
@@ -1245,4 +1272,9 @@ func (c *econn) Close() {
 	c.l.touch(c)
 }
 
-func (c *econn) RemoteAddr() net.Addr { return c.addr }
+func (c *econn) RemoteAddr() net.Addr {
+	if !c.addr.IsValid() {
+		return &net.UnixAddr{Net: "unix"}
+	}
+	return net.TCPAddrFromAddrPort(c.addr)
+}

@@ -11,6 +11,8 @@ package wire
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
+	"sync"
 )
 
 // Protocol constants.
@@ -71,18 +73,12 @@ const (
 
 // Decoder splits a protocol stream into frames. It is not safe for concurrent use.
 type Decoder struct {
-	maxMessage int
-	maxInspect int
-	inspect    typeSet // a bitmap rather than [256]bool: every idle client holds one
+	// Every idle client holds one, so the fields are packed (112 bytes) and the Frame handed to the
+	// callback is borrowed for the duration of a Feed rather than kept here.
+	inspect    typeSet // a bitmap rather than [256]bool
+	maxMessage int32
+	maxInspect int32
 
-	expectStartup bool // the next message is an untyped startup packet
-
-	state decoderState
-	hdr   [5]byte // header bytes split across Feed calls
-	hdrN  int
-	hl    int // header length of the current message: 5, or 4 for a startup packet
-
-	typ     byte
 	bodyLen int
 	left    int // stateStream: body bytes still to come
 
@@ -90,27 +86,27 @@ type Decoder struct {
 	accN  int
 	total int // stateAccum: header plus body length
 
-	frame Frame // reused so that passing it to the callback does not allocate
-	err   error
+	err error
+
+	state         decoderState
+	expectStartup bool    // the next message is an untyped startup packet
+	hdr           [5]byte // header bytes split across Feed calls
+	hdrN          uint8
+	hl            uint8 // header length of the current message: 5, or 4 for a startup packet
+	typ           byte
 }
+
+// frames lends the Frame passed to Feed callbacks.
+var frames = sync.Pool{New: func() any { return new(Frame) }}
 
 // NewDecoder returns a Decoder for typed messages. Call ExpectStartup for the first message of a client
 // connection.
 func NewDecoder(cfg DecoderConfig) *Decoder {
-	d := &Decoder{
-		maxMessage: cfg.MaxMessage,
-		maxInspect: cfg.MaxInspect,
-	}
+	d := &Decoder{maxMessage: bound(cfg.MaxMessage, DefaultMaxMessage), maxInspect: bound(cfg.MaxInspect, DefaultMaxInspect)}
 	for typ, on := range cfg.Inspect {
 		if on {
 			d.inspect.set(byte(typ), true)
 		}
-	}
-	if d.maxMessage <= 0 {
-		d.maxMessage = DefaultMaxMessage
-	}
-	if d.maxInspect <= 0 {
-		d.maxInspect = DefaultMaxInspect
 	}
 	return d
 }
@@ -139,11 +135,18 @@ func (s *typeSet) has(typ byte) bool { return s[typ>>6]&(1<<(typ&63)) != 0 }
 
 // SetMaxInspect changes the bound on inspected messages from the next message on: a gateway
 // keeps it small until the client has authenticated.
-func (d *Decoder) SetMaxInspect(n int) {
-	if n <= 0 {
-		n = DefaultMaxInspect
+func (d *Decoder) SetMaxInspect(n int) { d.maxInspect = bound(n, DefaultMaxInspect) }
+
+// bound turns a configured limit into a length-field bound: the default when unset, and at most
+// what an int32 length field can say.
+func bound(n, def int) int32 {
+	switch {
+	case n <= 0:
+		return int32(def)
+	case n > math.MaxInt32:
+		return math.MaxInt32
 	}
-	d.maxInspect = n
+	return int32(n)
 }
 
 // Pending reports whether a partial message is buffered inside the decoder (header bytes or an inspected
@@ -161,7 +164,6 @@ func (d *Decoder) Reset() {
 	d.state = stateHeader
 	d.hdrN = 0
 	d.left = 0
-	d.frame = Frame{}
 	d.err = nil
 }
 
@@ -182,15 +184,17 @@ func (d *Decoder) Feed(in []byte, fn func(f *Frame) error) error {
 	if d.err != nil {
 		return d.err
 	}
+	f := frames.Get().(*Frame)
+	defer frames.Put(f)
 	for len(in) > 0 {
 		var err error
 		switch d.state {
 		case stateHeader:
-			in, err = d.feedHeader(in, fn)
+			in, err = d.feedHeader(in, f, fn)
 		case stateStream:
-			in, err = d.feedStream(in, fn)
+			in, err = d.feedStream(in, f, fn)
 		case stateAccum:
-			in, err = d.feedAccum(in, fn)
+			in, err = d.feedAccum(in, f, fn)
 		}
 		if err != nil {
 			d.releaseAcc()
@@ -201,20 +205,20 @@ func (d *Decoder) Feed(in []byte, fn func(f *Frame) error) error {
 	return nil
 }
 
-func (d *Decoder) feedHeader(in []byte, fn func(*Frame) error) ([]byte, error) {
+func (d *Decoder) feedHeader(in []byte, f *Frame, fn func(*Frame) error) ([]byte, error) {
 	if d.hdrN == 0 {
 		d.hl = 5
 		if d.expectStartup {
 			d.hl = 4
 		}
-		if len(in) >= d.hl {
-			return d.feedContiguous(in, fn)
+		if len(in) >= int(d.hl) {
+			return d.feedContiguous(in, f, fn)
 		}
 	}
 
 	// The header is split across Feed calls: keep its bytes (at most 5) until it is complete.
 	c := copy(d.hdr[d.hdrN:d.hl], in)
-	d.hdrN += c
+	d.hdrN += uint8(c)
 	in = in[c:]
 	if d.hdrN < d.hl {
 		return in, nil
@@ -228,30 +232,30 @@ func (d *Decoder) feedHeader(in []byte, fn func(*Frame) error) ([]byte, error) {
 	switch {
 	case d.bodyLen == 0:
 		// Only typed messages can be empty; startup packets are at least 8 bytes.
-		return in, d.emit(fn, true, hdr, hdr[d.hl:], true, true, len(in))
+		return in, d.emit(f, fn, true, hdr, hdr[d.hl:], true, true, len(in))
 	case d.wantsWhole():
-		d.beginAccum(hdr, d.hl+min(len(in), d.bodyLen))
+		d.beginAccum(hdr, int(d.hl)+min(len(in), d.bodyLen))
 		return in, nil
 	default:
 		d.state = stateStream
 		d.left = d.bodyLen
-		return in, d.emit(fn, false, hdr, hdr[d.hl:], true, false, len(in))
+		return in, d.emit(f, fn, false, hdr, hdr[d.hl:], true, false, len(in))
 	}
 }
 
 // feedContiguous handles a message whose header starts at in[0] and is entirely inside in: the common,
 // zero-copy path.
-func (d *Decoder) feedContiguous(in []byte, fn func(*Frame) error) ([]byte, error) {
+func (d *Decoder) feedContiguous(in []byte, f *Frame, fn func(*Frame) error) ([]byte, error) {
 	var total int
 	for {
 		if err := d.startMessage(in[:d.hl]); err != nil {
 			return nil, err
 		}
-		total = d.hl + d.bodyLen
+		total = int(d.hl) + d.bodyLen
 		if len(in) < total {
 			break
 		}
-		err := d.emit(fn, true, in[:total], in[d.hl:total], true, true, len(in)-total)
+		err := d.emit(f, fn, true, in[:total], in[d.hl:total], true, true, len(in)-total)
 		in = in[total:]
 		// Stay in this loop for runs of complete typed messages, the bulk of the traffic.
 		if err != nil || len(in) < 5 || d.expectStartup {
@@ -265,20 +269,20 @@ func (d *Decoder) feedContiguous(in []byte, fn func(*Frame) error) ([]byte, erro
 	}
 	d.state = stateStream
 	d.left = total - len(in)
-	return nil, d.emit(fn, false, in, in[d.hl:], true, false, 0)
+	return nil, d.emit(f, fn, false, in, in[d.hl:], true, false, 0)
 }
 
-func (d *Decoder) feedStream(in []byte, fn func(*Frame) error) ([]byte, error) {
+func (d *Decoder) feedStream(in []byte, f *Frame, fn func(*Frame) error) ([]byte, error) {
 	k := min(len(in), d.left)
 	d.left -= k
 	last := d.left == 0
 	if last {
 		d.state = stateHeader
 	}
-	return in[k:], d.emit(fn, false, in[:k], in[:k], false, last, len(in)-k)
+	return in[k:], d.emit(f, fn, false, in[:k], in[:k], false, last, len(in)-k)
 }
 
-func (d *Decoder) feedAccum(in []byte, fn func(*Frame) error) ([]byte, error) {
+func (d *Decoder) feedAccum(in []byte, f *Frame, fn func(*Frame) error) ([]byte, error) {
 	k := min(len(in), d.total-d.accN)
 	d.grow(d.accN + k)
 	d.accN += copy((*d.acc)[d.accN:], in[:k])
@@ -288,7 +292,7 @@ func (d *Decoder) feedAccum(in []byte, fn func(*Frame) error) ([]byte, error) {
 	}
 	d.state = stateHeader
 	buf := (*d.acc)[:d.total]
-	err := d.emit(fn, true, buf, buf[d.hl:], true, true, len(in))
+	err := d.emit(f, fn, true, buf, buf[d.hl:], true, true, len(in))
 	d.releaseAcc()
 	return in, err
 }
@@ -340,7 +344,7 @@ func (d *Decoder) wantsWhole() bool { return d.hl == 4 || d.inspect.has(d.typ) }
 // Capacity is leased for want bytes, what has actually arrived, not for what the header claims.
 func (d *Decoder) beginAccum(got []byte, want int) {
 	d.state = stateAccum
-	d.total = d.hl + d.bodyLen
+	d.total = int(d.hl) + d.bodyLen
 	d.accN = 0
 	d.grow(want)
 	d.accN = copy(*d.acc, got)
@@ -372,10 +376,9 @@ func (d *Decoder) releaseAcc() {
 	}
 }
 
-func (d *Decoder) emit(fn func(*Frame) error, whole bool, raw, body []byte, first, last bool, trailing int) error {
+func (d *Decoder) emit(f *Frame, fn func(*Frame) error, whole bool, raw, body []byte, first, last bool, trailing int) error {
 	// Field-by-field stores: building a Frame literal and copying it costs a store-forwarding stall that
 	// showed up as the hottest line of the small-message benchmark.
-	f := &d.frame
 	f.Type = d.typ
 	f.Len = d.bodyLen
 	f.Whole = whole
