@@ -50,3 +50,12 @@ bench bench-quick:
 	$(GO) build -o bin/pgcluster ./internal/pgtest/cmd/pgcluster
 	$(GO) build -o bin/bench-suite ./benchmarks/suite
 	./bin/bench-suite $(if $(filter bench-quick,$@),-quick) $(BENCH_FLAGS)
+	$(if $(filter bench,$@),benchmarks/scripts/batch-compare.sh $(BATCH_FLAGS))
+
+# Batching (--batch) against asyncgate without it, PgBouncer and direct PostgreSQL with pgbench
+# -S, 400 clients, pools of 4 and 20, simple and prepared, twice (about 8 minutes; `make bench`
+# runs it after the suite). BATCH_FLAGS passes options, e.g. BATCH_FLAGS='-R 1 -T 10'.
+BATCH_FLAGS ?=
+.PHONY: bench-batch
+bench-batch:
+	benchmarks/scripts/batch-compare.sh $(BATCH_FLAGS)

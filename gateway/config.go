@@ -66,6 +66,11 @@ type Config struct {
 	ParseCacheSize    int           // statement classifications cached by text
 	ListenFanout      bool          // LISTEN through one listener connection per database, without pinning
 
+	// Batching: autocommit units that cannot change session state share backend connections.
+	Batch         []string      // where it is on: "*" (everywhere), "DB", "DB/USER" or "*/USER" (per database also batch= in its DSN)
+	BatchMaxDepth int           // units in flight on one backend connection
+	BatchMaxDelay time.Duration // how long a unit may wait for others to batch with (0: never)
+
 	TLSCert, TLSKey string
 	ClientTLSMode   string // disable | allow | require
 
@@ -115,6 +120,7 @@ func Defaults() Config {
 		BreakerFailures:      5,
 		BreakerOpenTime:      10 * time.Second,
 		ParseCacheSize:       10000,
+		BatchMaxDepth:        16,
 		MaxQuerySize:         64 << 20,
 		UserPoolMode:         map[string]string{},
 		ClientTLSMode:        "allow",
@@ -168,6 +174,12 @@ func (c *Config) validate() error {
 	}
 	if !(c.HedgeBudget >= 0 && c.HedgeBudget <= 1) || c.HedgeBudget > 0 && c.HedgeBudget < 1e-6 {
 		return fmt.Errorf("--hedge-budget %v%%: want a percentage above 0 and at most 100", c.HedgeBudget*100)
+	}
+	if c.BatchMaxDepth < 1 || c.BatchMaxDepth > 1024 {
+		return fmt.Errorf("--batch-max-depth must be between 1 and 1024, not %d", c.BatchMaxDepth)
+	}
+	if c.BatchMaxDelay < 0 {
+		return fmt.Errorf("--batch-max-delay must not be negative, not %s", c.BatchMaxDelay)
 	}
 	if len(c.Replicas) > 0 && c.LagCheckInterval <= 0 && c.MaxReplicaLag > 0 {
 		return fmt.Errorf("--lag-check-interval must be positive while --max-replica-lag is set")

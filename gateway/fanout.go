@@ -620,7 +620,7 @@ func (s *session) listenAnswered(err error) {
 // between reports whether the client is between transactions with no answer under way, where
 // PostgreSQL delivers notifications. Frames waiting for a backend have had no answer yet.
 func (s *session) between() bool {
-	return s.state == stLinked && s.txStatus == 'I' && s.slots.empty() && !s.unsynced && !s.copyIn && !s.hubWait
+	return s.state == stLinked && s.txStatus == 'I' && s.slots.empty() && !s.unsynced && !s.copyIn && !s.hubWait && s.bunit == nil
 }
 
 // deliverNotifications writes the notifications waiting for the client if it is between

@@ -26,6 +26,7 @@ func (s *Server) MetricsHandler() http.Handler {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&collector{s: s},
 		s.metrics.queueWait, s.metrics.backend, s.metrics.total, s.metrics.errors,
+		s.batchMetrics,
 	)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

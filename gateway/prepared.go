@@ -19,6 +19,7 @@ type stmt struct {
 	parse       []byte          // the Parse message that prepares it under backendName
 	class       *sqlclass.Class // when it may pin: what binding it does to session state
 	routeClass  *sqlclass.Class // with read routing: whether binding it may run on a replica
+	batch       *sqlclass.Class // with batching: whether binding it may share a backend
 }
 
 // query returns the statement's text.
@@ -51,6 +52,9 @@ func (s *session) relayStatement(f *wire.Frame) bool {
 			st.class = s.classifySQL(q)
 			if s.routing() {
 				st.routeClass = s.readClass(q)
+			}
+			if s.batchOK && s.srv.classifier != nil {
+				st.batch = s.srv.classifier.Classify(string(bytes.TrimRight(q, "\x00")))
 			}
 		}
 		if s.stmts == nil {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/asyncgate/asyncgate/batcher"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/gateway/sqlclass"
 	"github.com/asyncgate/asyncgate/loop"
@@ -51,6 +52,10 @@ type Server struct {
 	classifier *sqlclass.Classifier // nil unless --pin-on-session-state or --listen-fanout
 	pinned     atomic.Int64         // clients pinned to their backend by session state
 
+	batchMu      sync.Mutex
+	batchers     map[batchKey]*batcher.Batcher
+	batchMetrics *batcher.Metrics
+
 	hubMu      sync.Mutex
 	hubs       map[string]*hub // LISTEN fan-out, by database alias
 	hubsClosed bool
@@ -78,6 +83,7 @@ type database struct {
 	poolSize int          // pool_size given in the DSN, if any
 	routing  *readRouting // read_routing given in the DSN, if any
 	hedge    *bool        // hedge given in the DSN, if any
+	batch    *bool        // batch given in the DSN, if any
 
 	replicas []*replica // --replica NAME=DSN for this alias, in flag order
 	reads    readState  // read routing to those replicas
@@ -101,7 +107,8 @@ func New(cfg Config) (*Server, error) {
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.metrics = newUnitMetrics()
 	s.stats.prevAt = time.Now()
-	if cfg.PinOnSessionState || cfg.ListenFanout {
+	s.batchMetrics = batcher.NewMetrics()
+	if cfg.PinOnSessionState || cfg.ListenFanout || s.batchConfigured() {
 		s.classifier = sqlclass.New(cfg.ParseCacheSize)
 	}
 	driver, err := loop.New(cfg.LoopDriver, loop.Config{MaxOutput: cfg.MaxOutput, Loops: cfg.Loops})
@@ -167,6 +174,14 @@ func parseDatabase(name, dsn string) (*database, error) {
 			}
 			db.hedge = &on
 		}
+		if v := q.Get("batch"); v != "" {
+			on, ok := parseBool(v)
+			if !ok {
+				return nil, fmt.Errorf("--database %s: batch %q: want on or off", name, v)
+			}
+			db.batch = &on
+		}
+		q.Del("batch")
 		q.Del("pool_mode")
 		q.Del("pool_size")
 		q.Del("read_routing")
@@ -213,6 +228,7 @@ func (s *Server) Shutdown() {
 	s.driver.Shutdown()
 	s.stop()
 	s.watchers.Wait()
+	s.closeBatchers()
 	s.mu.Lock()
 	pools := s.pools
 	s.pools = make(map[poolKey]*pool.Pool)

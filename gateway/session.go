@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/asyncgate/asyncgate/batcher"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/loop"
 	"github.com/asyncgate/asyncgate/pool"
@@ -82,6 +83,12 @@ type session struct {
 	lastWrite  time.Time // when the client's last such unit on the primary ended
 
 	hedge *hedgeRace // the routed read in flight while it may still be hedged (--hedge)
+
+	// Batching (--batch): the unit in a batcher's pipeline, nil when none.
+	batchOK  bool // the client's database and user have batching on, and the pool mode allows it
+	bunit    *batcher.Unit
+	bat      *batcher.Batcher                // bunit's batcher
+	flushBat atomic.Pointer[batcher.Batcher] // the last batcher used, for Flush
 
 	sub        *subscriber // LISTEN fan-out subscriptions; nil until the client's first LISTEN through the hub
 	hubWait    bool        // a LISTEN waits for the hub's listener connection: what follows waits too
@@ -341,6 +348,7 @@ func (s *session) authenticated() {
 			s.in.SetInspect(t, true)
 		}
 		s.srv.startReads(db, s.user)
+		s.batchOK = s.srv.batchOn(db, s.user)
 	}
 	s.acquire()
 }
@@ -476,8 +484,8 @@ func (s *session) sendQueued() {
 		}
 		e, hub := s.hubCommand(&f)
 		if !hub && s.be == nil {
-			if !s.waiting && s.unitReady() {
-				s.acquire() // the backend went back while the hub answered
+			if !s.waiting && s.bunit == nil {
+				s.startUnit() // the backend went back while the hub answered
 			}
 			return
 		}
@@ -515,7 +523,7 @@ func (s *session) clientMessage(f *wire.Frame) {
 			return
 		}
 	}
-	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && !s.hubWait && f.First && !s.routing() {
+	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && !s.hubWait && f.First && !s.routing() && !s.batchOK {
 		s.disarm()
 		s.acquire() // often answered at once, and then f goes straight through
 	}
@@ -538,11 +546,9 @@ func (s *session) queue(f *wire.Frame) {
 		whole: f.Whole, first: f.First, last: f.Last,
 	})
 	s.queuedBytes += len(f.Raw)
-	if s.state == stLinked && s.be == nil && !s.waiting && !s.hubWait {
+	if s.state == stLinked && s.be == nil && !s.waiting && !s.hubWait && s.bunit == nil {
 		s.disarm()
-		if s.unitReady() {
-			s.acquire()
-		}
+		s.startUnit()
 	}
 }
 
@@ -626,6 +632,10 @@ func (s *session) nextUnit() {
 // can never hit another client's query.
 func (s *session) requestCancel() {
 	s.abortHedge()
+	if s.bunit != nil {
+		s.cancelBatched()
+		return
+	}
 	if s.be == nil || s.slots.empty() || s.cancelling {
 		return
 	}
@@ -668,6 +678,9 @@ func (s *session) Flush() {
 	if be := s.flushBe.Load(); be != nil {
 		be.Flush()
 	}
+	if b := s.flushBat.Load(); b != nil {
+		b.Flush()
+	}
 }
 
 // OnClose implements loop.Handler: the client is gone, so give back or drain what it held.
@@ -698,6 +711,10 @@ func (s *session) OnClose(err error) {
 	s.flushBytes()
 	s.in.Reset()
 	s.abortHedge()
+	if u := s.bunit; u != nil {
+		s.bunit = nil
+		s.bat.Abandon(u) // a unit already written runs on; its answer goes nowhere
+	}
 	if be := s.be; be != nil {
 		s.be = nil
 		s.flushBe.Store(nil)

@@ -688,3 +688,6 @@ type idleSink struct{}
 
 func (idleSink) BackendData(*Conn, []byte)  {}
 func (idleSink) BackendClosed(*Conn, error) {}
+
+// Size is the most connections the pool opens.
+func (p *Pool) Size() int { return p.cfg.Size }

@@ -105,6 +105,19 @@ func run(args []string) error {
 		cfg.ListenFanout = on
 		return err
 	})
+	fs.Func("batch", "in transaction and statement modes, pipeline autocommit statements that cannot change session or transaction state with other clients' onto shared backend connections: on (everywhere), off, or a comma-separated list of DATABASE, DATABASE/USER and */USER (per database also batch=on|off in its DSN; default off)", func(v string) error {
+		if on, err := parseOnOff(v); err == nil {
+			cfg.Batch = nil
+			if on {
+				cfg.Batch = []string{"*"}
+			}
+			return nil
+		}
+		cfg.Batch = splitList(v)
+		return nil
+	})
+	fs.IntVar(&cfg.BatchMaxDepth, "batch-max-depth", cfg.BatchMaxDepth, "most batched statements in flight on one backend connection")
+	durationVar(fs, &cfg.BatchMaxDelay, "batch-max-delay", "how long a batched statement may wait for others to go out with it (0: only what is queued already is batched, nothing waits)")
 	durationVar(fs, &cfg.MaxPinnedTime, "max-pinned-time", "disconnect a client pinned to its backend by session state this long (0: no limit)")
 	fs.IntVar(&cfg.ParseCacheSize, "parse-cache-size", cfg.ParseCacheSize, "statement classifications cached by text (0: no cache)")
 	fs.IntVar(&cfg.MaxQuerySize, "max-query-size", cfg.MaxQuerySize, "largest message the gateway reads whole (Parse, Bind, … in transaction and statement modes), in bytes")

@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Batching (--batch) against asyncgate without it, PgBouncer and direct PostgreSQL: pgbench -S
+# (select-only), simple and prepared protocols, in transaction pool mode, on pools of 4 and 20,
+# against one throwaway cluster, targets interleaved per cell and the whole matrix repeated.
+# Prints markdown tables: tps, p99 latency, the gateways' CPU µs per transaction, their write
+# syscalls per transaction (client and backend sockets together), and PostgreSQL's read
+# syscalls per transaction (how many socket reads the backends needed: a pipelined batch is
+# read in one). Then the ceiling: pgbench in pipeline mode straight against PostgreSQL with as
+# many connections as the pool.
+#   benchmarks/scripts/batch-compare.sh [-T seconds] [-c clients] [-P "4 20"] [-M "simple prepared"]
+#       [-R repeats] [-s scale] [-D depth] [-p baseport]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+duration=15 clients=400 poollist="4 20" protolist="simple prepared" repeats=2 scale=10 depth=16 base=16600
+while getopts "T:c:P:M:R:s:D:p:" o; do
+	case $o in
+	T) duration=$OPTARG ;; c) clients=$OPTARG ;; P) poollist=$OPTARG ;; M) protolist=$OPTARG ;;
+	R) repeats=$OPTARG ;; s) scale=$OPTARG ;; D) depth=$OPTARG ;; p) base=$OPTARG ;;
+	*) exit 2 ;;
+	esac
+done
+
+command -v pgbouncer >/dev/null || { apt-get update -qq && apt-get install -y -qq pgbouncer; }
+command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc; }
+work=$(mktemp -d /tmp/batch-compare.XXXXXX)
+chmod 755 "$work"
+go build -o "$work/asyncgate" ./cmd/asyncgate
+go build -o "$work/pgcluster" ./internal/pgtest/cmd/pgcluster
+
+pids=()
+stopall() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	pids=()
+}
+cleanup() {
+	stopall
+	exec 9>&- 2>/dev/null || true
+	wait 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+# The cluster lives while its stdin (a FIFO we hold open) is open.
+mkfifo "$work/cluster.in"
+"$work/pgcluster" -max-connections 600 <"$work/cluster.in" >"$work/cluster.out" &
+clusterpid=$!
+exec 9>"$work/cluster.in"
+for _ in $(seq 1 120); do grep -q '^ready' "$work/cluster.out" 2>/dev/null && break; sleep 0.5; done
+grep -q '^ready' "$work/cluster.out" || { echo "cluster did not start"; cat "$work/cluster.out"; exit 1; }
+pgport=$(awk '/^primary/ {split($2, a, ":"); print a[2]}' "$work/cluster.out")
+pgbench -i -q -s "$scale" -h 127.0.0.1 -p "$pgport" -U postgres postgres >/dev/null 2>&1
+
+printf '"app" "app"\n' >"$work/userlist.txt"
+chmod 644 "$work/userlist.txt"
+offport=$base onport=$((base + 1)) bport=$((base + 2))
+
+# start POOL: asyncgate without and with batching, and PgBouncer, in transaction mode.
+start() {
+	local dsn="postgres=postgres://postgres@127.0.0.1:$pgport/postgres?sslmode=disable"
+	local common=(--database "$dsn" --auth-file "$work/userlist.txt" --auth-type trust --pool-mode transaction
+		--default-pool-size "$1" --max-client-conn 2000 --log-level warn)
+	"$work/asyncgate" --listen 127.0.0.1:$offport "${common[@]}" &
+	offpid=$!
+	pids+=($offpid)
+	"$work/asyncgate" --listen 127.0.0.1:$onport "${common[@]}" --batch on --batch-max-depth "$depth" &
+	onpid=$!
+	pids+=($onpid)
+	cat >"$work/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$pgport dbname=postgres user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bport
+unix_socket_dir =
+auth_type = trust
+auth_file = $work/userlist.txt
+pool_mode = transaction
+default_pool_size = $1
+max_client_conn = 2000
+logfile = $work/pgbouncer.log
+pidfile = $work/pgbouncer.pid
+INI
+	rm -f "$work/pgbouncer.pid"
+	chown -R postgres "$work"
+	runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" &
+	pids+=($!)
+	for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.2; done
+	bpid=$(cat "$work/pgbouncer.pid")
+	pids+=($bpid)
+	for port in $offport $onport $bport; do
+		for _ in $(seq 1 50); do psql -h 127.0.0.1 -p $port -U app -d postgres -Atc 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
+	done
+}
+
+cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+syscw() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }
+# PostgreSQL's read syscalls, summed over the cluster's backends (the postmaster's children).
+# Backends that exit take their counts along, so direct runs (whose backends leave with pgbench)
+# get none.
+postmaster=$(ss -Hltnp "sport = :$pgport" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+pgsyscr() {
+	local n=0 p r
+	for p in $(pgrep -P "$postmaster"); do
+		r=$(awk '/^syscr/ {print $2}' "/proc/$p/io" 2>/dev/null) || r=0
+		n=$((n + ${r:-0}))
+	done
+	echo $n
+}
+
+# run PORT USER PROTO PID → "tps p99_ms cpu_us_per_txn writes_per_txn pgreads_per_txn"
+run() {
+	local out txns tps c0=0 c1=0 w0=0 w1=0 r0 r1 p99 logdir
+	logdir=$(mktemp -d "$work/log.XXXXXX")
+	[ -n "$4" ] && c0=$(cputicks "$4") && w0=$(syscw "$4")
+	r0=$(pgsyscr)
+	out=$(cd "$logdir" && pgbench -n -S -M "$3" -c "$clients" -j 2 -T "$duration" -l -h 127.0.0.1 -p "$1" -U "$2" postgres 2>&1) || true
+	r1=$(pgsyscr)
+	[ -n "$4" ] && c1=$(cputicks "$4") && w1=$(syscw "$4")
+	tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
+	txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF; exit}')
+	if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ] || echo "$out" | grep -q 'number of failed transactions: [1-9]\|aborted'; then
+		echo "fail - - - -"
+		echo "$out" | grep -m2 -i 'error\|fatal' >&2 || true
+		rm -rf "$logdir"
+		return
+	fi
+	p99=$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
+	rm -rf "$logdir"
+	if [ -n "$4" ]; then
+		echo "$tps $p99 $(echo "($c1 - $c0) * 10000 / $txns" | bc -l) $(echo "($w1 - $w0) / $txns" | bc -l) $(echo "($r1 - $r0) / $txns" | bc -l)"
+	else
+		echo "$tps $p99 - - -"
+	fi
+}
+
+f1() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.1f' "$1"; }
+f2() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.2f' "$1"; }
+ratio() { { [ "$1" = fail ] || [ "$2" = fail ] || [ "$1" = - ] || [ "$2" = - ]; } && echo "-" || printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+
+echo "## pgbench -S, $clients clients, transaction pool mode, -T $duration, -j 2, batch depth $depth ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo
+echo "| run | pool | protocol | target | tps | p99 ms | tps ÷ PgBouncer | p99 ÷ PgBouncer | tps ÷ batching off | CPU µs/txn | gateway writes/txn | PostgreSQL reads/txn |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+for rep in $(seq 1 "$repeats"); do
+	for pool in $poollist; do
+		start "$pool"
+		for proto in $protolist; do
+			read -r dt dp _ _ dr < <(run "$pgport" postgres "$proto" "")
+			if [ "$proto" = prepared ]; then
+				bt=- bp=- bc=- bw=- br=- # PgBouncer before 1.21 keeps no prepared statements in transaction mode
+			else
+				read -r bt bp bc bw br < <(run "$bport" app "$proto" "$bpid")
+			fi
+			read -r ot op oc ow or < <(run "$offport" app "$proto" "$offpid")
+			read -r nt np nc nw nr < <(run "$onport" app "$proto" "$onpid")
+			echo "| $rep | $pool | $proto | direct | $(f1 "$dt") | $(f2 "$dp") | $(ratio "$dt" "$bt") | $(ratio "$dp" "$bp") | - | - | - | $(f2 "$dr") |"
+			echo "| $rep | $pool | $proto | PgBouncer | $(f1 "$bt") | $(f2 "$bp") | - | - | - | $(f1 "$bc") | $(f2 "$bw") | $(f2 "$br") |"
+			echo "| $rep | $pool | $proto | asyncgate | $(f1 "$ot") | $(f2 "$op") | $(ratio "$ot" "$bt") | $(ratio "$op" "$bp") | - | $(f1 "$oc") | $(f2 "$ow") | $(f2 "$or") |"
+			echo "| $rep | $pool | $proto | asyncgate --batch | $(f1 "$nt") | $(f2 "$np") | $(ratio "$nt" "$bt") | $(ratio "$np" "$bp") | $(ratio "$nt" "$ot") | $(f1 "$nc") | $(f2 "$nw") | $(f2 "$nr") |"
+		done
+		stopall
+	done
+done
+
+# The ceiling: as many connections as the pool, each pipelining `depth` queries per round trip.
+{
+	echo '\set aid random(1, 100000 * :scale)'
+	echo '\startpipeline'
+	for _ in $(seq 1 "$depth"); do echo 'SELECT abalance FROM pgbench_accounts WHERE aid = :aid;'; done
+	echo '\endpipeline'
+} >"$work/pipeline.sql"
+echo
+echo "## Ceiling: pgbench --pipeline ($depth queries per pipeline) straight to PostgreSQL, -M prepared, -T $duration"
+echo
+echo "| connections | queries/s |"
+echo "|---|---|"
+for pool in $poollist; do
+	out=$(pgbench -n -M prepared -f "$work/pipeline.sql" -c "$pool" -j 2 -T "$duration" -h 127.0.0.1 -p "$pgport" -U postgres postgres 2>&1) || true
+	tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
+	echo "| $pool | $(f1 "$(echo "${tps:-0} * $depth" | bc -l)") |"
+done
