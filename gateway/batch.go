@@ -75,7 +75,42 @@ func (s *Server) closeBatchers() {
 
 // batchable reports a statement text that may share a backend with other clients' units.
 func (s *session) batchable(text []byte) bool {
-	return batchableClass(s.srv.classifier.Classify(string(bytes.TrimRight(text, "\x00"))))
+	text = bytes.TrimRight(text, "\x00")
+	if plainDML(text) {
+		return true
+	}
+	return batchableClass(s.srv.classifier.Classify(string(text)))
+}
+
+// plainDML reports, without the parser, a text that is one SELECT, WITH, VALUES, TABLE, INSERT,
+// UPDATE or DELETE statement mentioning none of the words a session change needs (see mayPin).
+// Such a statement cannot open or end a transaction, and a function it calls that hides a
+// session change is caught by the batcher's guard. Simple queries carry their literals, so
+// nearly every text is new to the parser's cache: this keeps the parser off their path. Anything
+// it is unsure of (a ';' before the end, a comment inside) goes to the parser.
+func plainDML(sql []byte) bool {
+	i := 0
+	for i < len(sql) && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' || sql[i] == '\r') {
+		i++
+	}
+	start := i
+	for i < len(sql) && ('a' <= sql[i]|0x20 && sql[i]|0x20 <= 'z') {
+		i++
+	}
+	switch strings.ToLower(string(sql[start:i])) {
+	case "select", "with", "values", "table", "insert", "update", "delete":
+	default:
+		return false
+	}
+	end := len(sql)
+	for end > i && (sql[end-1] == ' ' || sql[end-1] == '\t' || sql[end-1] == '\n' || sql[end-1] == '\r' || sql[end-1] == ';') {
+		end--
+	}
+	body := sql[i:end]
+	if bytes.IndexByte(body, ';') >= 0 || bytes.Contains(body, []byte("--")) || bytes.Contains(body, []byte("/*")) {
+		return false
+	}
+	return !mayPin(sql)
 }
 
 func batchableClass(c *sqlclass.Class) bool {

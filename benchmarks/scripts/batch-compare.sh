@@ -3,9 +3,9 @@
 # (select-only), simple and prepared protocols, in transaction pool mode, on pools of 4 and 20,
 # against one throwaway cluster, targets interleaved per cell and the whole matrix repeated.
 # Prints markdown tables: tps, p99 latency, the gateways' CPU µs per transaction, their write
-# syscalls per transaction (client and backend sockets together), and PostgreSQL's read
-# syscalls per transaction (how many socket reads the backends needed: a pipelined batch is
-# read in one). Then the ceiling: pgbench in pipeline mode straight against PostgreSQL with as
+# syscalls per transaction (client and backend sockets together), and the pool's PostgreSQL
+# backends' recv and send syscalls per transaction (perf tracepoints; a pipelined batch is read
+# in one). Then the ceiling: pgbench in pipeline mode straight against PostgreSQL with as
 # many connections as the pool.
 #   benchmarks/scripts/batch-compare.sh [-T seconds] [-c clients] [-P "4 20"] [-M "simple prepared"]
 #       [-R repeats] [-s scale] [-D depth] [-p baseport]
@@ -96,44 +96,58 @@ INI
 }
 
 cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-syscw() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }
-# PostgreSQL's read syscalls, summed over the cluster's backends (the postmaster's children).
-# Backends that exit take their counts along, so direct runs (whose backends leave with pgbench)
-# get none.
-postmaster=$(ss -Hltnp "sport = :$pgport" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
-pgsyscr() {
-	local n=0 p r
-	for p in $(pgrep -P "$postmaster"); do
-		r=$(awk '/^syscr/ {print $2}' "/proc/$p/io" 2>/dev/null) || r=0
-		n=$((n + ${r:-0}))
-	done
-	echo $n
-}
 
-# run PORT USER PROTO PID → "tps p99_ms cpu_us_per_txn writes_per_txn pgreads_per_txn"
+# Syscalls are counted with perf's tracepoints: the gateway's write and writev calls (to clients
+# and backends together), and the pool's PostgreSQL backends' recvfrom (reads of requests) and
+# sendto (writes of responses). A pipelined batch is written in one call and read in one.
+postmaster=$(ss -Hltnp "sport = :$pgport" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
+perfok=1
+perf stat -e syscalls:sys_enter_write -- true >/dev/null 2>&1 || perfok=0
+# perfstart OUT EVENTS PIDS → perf's pid (empty without perf or pids)
+perfstart() {
+	[ "$perfok" = 1 ] && [ -n "$3" ] || return 0
+	perf stat -x, -e "$2" -p "$3" -o "$1" >/dev/null 2>&1 &
+	echo $!
+}
+# perfcount OUT EVENT → the count
+perfcount() { awk -F, -v e="$2" '$3 == e {print ($1 ~ /^[0-9]+$/) ? $1 : 0}' "$1" 2>/dev/null | head -1; }
+per() { { [ -z "$1" ] || [ -z "$2" ]; } && echo - || echo "$1 / $2" | bc -l; }
+
+# run PORT USER PROTO PID → "tps p99_ms cpu_us_per_txn gateway_writes_per_txn pg_reads_per_txn pg_writes_per_txn"
 run() {
-	local out txns tps c0=0 c1=0 w0=0 w1=0 r0 r1 p99 logdir
+	local out txns tps c0=0 c1=0 p99 logdir gperf= bperf= backends= gw= pr= pw=
 	logdir=$(mktemp -d "$work/log.XXXXXX")
-	[ -n "$4" ] && c0=$(cputicks "$4") && w0=$(syscw "$4")
-	r0=$(pgsyscr)
-	out=$(cd "$logdir" && pgbench -n -S -M "$3" -c "$clients" -j 2 -T "$duration" -l -h 127.0.0.1 -p "$1" -U "$2" postgres 2>&1) || true
-	r1=$(pgsyscr)
-	[ -n "$4" ] && c1=$(cputicks "$4") && w1=$(syscw "$4")
+	if [ -n "$4" ]; then
+		# Open the pool's connections first, so their backends can be watched.
+		PGPASSWORD=app pgbench -n -S -M "$3" -c 40 -j 2 -T 1 -h 127.0.0.1 -p "$1" -U "$2" postgres >/dev/null 2>&1 || true
+		backends=$(pgrep -d, -P "$postmaster" -f 'postgres: postgres postgres' || true)
+		gperf=$(perfstart "$logdir/gw.perf" syscalls:sys_enter_write,syscalls:sys_enter_writev "$4")
+		bperf=$(perfstart "$logdir/pg.perf" syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto "$backends")
+		c0=$(cputicks "$4")
+	fi
+	out=$(cd "$logdir" && PGPASSWORD=app pgbench -n -S -M "$3" -c "$clients" -j 2 -T "$duration" -l -h 127.0.0.1 -p "$1" -U "$2" postgres 2>&1) || true
+	if [ -n "$4" ]; then
+		c1=$(cputicks "$4")
+		for p in $gperf $bperf; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+	fi
 	tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
 	txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF; exit}')
 	if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ] || echo "$out" | grep -q 'number of failed transactions: [1-9]\|aborted'; then
-		echo "fail - - - -"
+		echo "fail - - - - -"
 		echo "$out" | grep -m2 -i 'error\|fatal' >&2 || true
 		rm -rf "$logdir"
 		return
 	fi
 	p99=$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
-	rm -rf "$logdir"
 	if [ -n "$4" ]; then
-		echo "$tps $p99 $(echo "($c1 - $c0) * 10000 / $txns" | bc -l) $(echo "($w1 - $w0) / $txns" | bc -l) $(echo "($r1 - $r0) / $txns" | bc -l)"
+		[ -n "$gperf" ] && gw=$(per "$(( $(perfcount "$logdir/gw.perf" syscalls:sys_enter_write) + $(perfcount "$logdir/gw.perf" syscalls:sys_enter_writev) ))" "$txns")
+		[ -n "$bperf" ] && pr=$(per "$(perfcount "$logdir/pg.perf" syscalls:sys_enter_recvfrom)" "$txns") &&
+			pw=$(per "$(perfcount "$logdir/pg.perf" syscalls:sys_enter_sendto)" "$txns")
+		echo "$tps $p99 $(echo "($c1 - $c0) * 10000 / $txns" | bc -l) ${gw:--} ${pr:--} ${pw:--}"
 	else
-		echo "$tps $p99 - - -"
+		echo "$tps $p99 - - - -"
 	fi
+	rm -rf "$logdir"
 }
 
 f1() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.1f' "$1"; }
@@ -142,24 +156,24 @@ ratio() { { [ "$1" = fail ] || [ "$2" = fail ] || [ "$1" = - ] || [ "$2" = - ]; 
 
 echo "## pgbench -S, $clients clients, transaction pool mode, -T $duration, -j 2, batch depth $depth ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
-echo "| run | pool | protocol | target | tps | p99 ms | tps ÷ PgBouncer | p99 ÷ PgBouncer | tps ÷ batching off | CPU µs/txn | gateway writes/txn | PostgreSQL reads/txn |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | pool | protocol | target | tps | p99 ms | tps ÷ PgBouncer | p99 ÷ PgBouncer | tps ÷ batching off | gateway CPU µs/txn | gateway write syscalls/txn | backend recv syscalls/txn | backend send syscalls/txn |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for rep in $(seq 1 "$repeats"); do
 	for pool in $poollist; do
 		start "$pool"
 		for proto in $protolist; do
-			read -r dt dp _ _ dr < <(run "$pgport" postgres "$proto" "")
-			if [ "$proto" = prepared ]; then
-				bt=- bp=- bc=- bw=- br=- # PgBouncer before 1.21 keeps no prepared statements in transaction mode
+			read -r dt dp _ _ _ _ < <(run "$pgport" postgres "$proto" "")
+			if [ "$proto" = prepared ] && ! pgbouncer --version | grep -Eq ' 1\.(2[1-9]|[3-9][0-9])'; then
+				bt=- bp=- bc=- bw=- br=- bs=- # PgBouncer before 1.21 keeps no prepared statements in transaction mode
 			else
-				read -r bt bp bc bw br < <(run "$bport" app "$proto" "$bpid")
+				read -r bt bp bc bw br bs < <(run "$bport" app "$proto" "$bpid")
 			fi
-			read -r ot op oc ow or < <(run "$offport" app "$proto" "$offpid")
-			read -r nt np nc nw nr < <(run "$onport" app "$proto" "$onpid")
-			echo "| $rep | $pool | $proto | direct | $(f1 "$dt") | $(f2 "$dp") | $(ratio "$dt" "$bt") | $(ratio "$dp" "$bp") | - | - | - | $(f2 "$dr") |"
-			echo "| $rep | $pool | $proto | PgBouncer | $(f1 "$bt") | $(f2 "$bp") | - | - | - | $(f1 "$bc") | $(f2 "$bw") | $(f2 "$br") |"
-			echo "| $rep | $pool | $proto | asyncgate | $(f1 "$ot") | $(f2 "$op") | $(ratio "$ot" "$bt") | $(ratio "$op" "$bp") | - | $(f1 "$oc") | $(f2 "$ow") | $(f2 "$or") |"
-			echo "| $rep | $pool | $proto | asyncgate --batch | $(f1 "$nt") | $(f2 "$np") | $(ratio "$nt" "$bt") | $(ratio "$np" "$bp") | $(ratio "$nt" "$ot") | $(f1 "$nc") | $(f2 "$nw") | $(f2 "$nr") |"
+			read -r ot op oc ow or os < <(run "$offport" app "$proto" "$offpid")
+			read -r nt np nc nw nr ns < <(run "$onport" app "$proto" "$onpid")
+			echo "| $rep | $pool | $proto | direct | $(f1 "$dt") | $(f2 "$dp") | $(ratio "$dt" "$bt") | $(ratio "$dp" "$bp") | - | - | - | - | - |"
+			echo "| $rep | $pool | $proto | PgBouncer | $(f1 "$bt") | $(f2 "$bp") | - | - | - | $(f1 "$bc") | $(f2 "$bw") | $(f2 "$br") | $(f2 "$bs") |"
+			echo "| $rep | $pool | $proto | asyncgate | $(f1 "$ot") | $(f2 "$op") | $(ratio "$ot" "$bt") | $(ratio "$op" "$bp") | - | $(f1 "$oc") | $(f2 "$ow") | $(f2 "$or") | $(f2 "$os") |"
+			echo "| $rep | $pool | $proto | asyncgate --batch | $(f1 "$nt") | $(f2 "$np") | $(ratio "$nt" "$bt") | $(ratio "$np" "$bp") | $(ratio "$nt" "$ot") | $(f1 "$nc") | $(f2 "$nw") | $(f2 "$nr") | $(f2 "$ns") |"
 		done
 		stopall
 	done
