@@ -85,7 +85,7 @@ pidfile = $work/pgbouncer.pid
 INI
 	rm -f "$work/pgbouncer.pid"
 	chown -R postgres "$work"
-	runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" &
+	runuser -u postgres -- pgbouncer -q "$work/pgbouncer.ini" 2>/dev/null &
 	pids+=($!)
 	for _ in $(seq 1 50); do [ -s "$work/pgbouncer.pid" ] && break; sleep 0.2; done
 	bpid=$(cat "$work/pgbouncer.pid")
@@ -97,8 +97,8 @@ INI
 
 cputicks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# Syscalls are counted with perf's tracepoints: the gateway's write and writev calls (to clients
-# and backends together), and the pool's PostgreSQL backends' recvfrom (reads of requests) and
+# Syscalls are counted with perf's tracepoints: the gateway's write, writev, sendto and sendmsg
+# calls (to clients and backends together), and the pool's PostgreSQL backends' recvfrom (reads of requests) and
 # sendto (writes of responses). A pipelined batch is written in one call and read in one.
 postmaster=$(ss -Hltnp "sport = :$pgport" | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)
 perfok=1
@@ -110,7 +110,7 @@ perfstart() {
 	echo $!
 }
 # perfcount OUT EVENT → the count
-perfcount() { awk -F, -v e="$2" '$3 == e {print ($1 ~ /^[0-9]+$/) ? $1 : 0}' "$1" 2>/dev/null | head -1; }
+perfcount() { awk -F, -v e="$2" '$3 == e && $1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$1" 2>/dev/null; }
 per() { { [ -z "$1" ] || [ -z "$2" ]; } && echo - || echo "$1 / $2" | bc -l; }
 
 # run PORT USER PROTO PID → "tps p99_ms cpu_us_per_txn gateway_writes_per_txn pg_reads_per_txn pg_writes_per_txn"
@@ -121,14 +121,17 @@ run() {
 		# Open the pool's connections first, so their backends can be watched.
 		PGPASSWORD=app pgbench -n -S -M "$3" -c 40 -j 2 -T 1 -h 127.0.0.1 -p "$1" -U "$2" postgres >/dev/null 2>&1 || true
 		backends=$(pgrep -d, -P "$postmaster" -f 'postgres: postgres postgres' || true)
-		gperf=$(perfstart "$logdir/gw.perf" syscalls:sys_enter_write,syscalls:sys_enter_writev "$4")
+		gperf=$(perfstart "$logdir/gw.perf" syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg "$4")
 		bperf=$(perfstart "$logdir/pg.perf" syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto "$backends")
 		c0=$(cputicks "$4")
 	fi
 	out=$(cd "$logdir" && PGPASSWORD=app pgbench -n -S -M "$3" -c "$clients" -j 2 -T "$duration" -l -h 127.0.0.1 -p "$1" -U "$2" postgres 2>&1) || true
 	if [ -n "$4" ]; then
 		c1=$(cputicks "$4")
-		for p in $gperf $bperf; do kill -INT "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+		for p in $gperf $bperf; do
+			kill -INT "$p" 2>/dev/null || true
+			for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		done
 	fi
 	tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
 	txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF; exit}')
@@ -140,7 +143,7 @@ run() {
 	fi
 	p99=$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
 	if [ -n "$4" ]; then
-		[ -n "$gperf" ] && gw=$(per "$(( $(perfcount "$logdir/gw.perf" syscalls:sys_enter_write) + $(perfcount "$logdir/gw.perf" syscalls:sys_enter_writev) ))" "$txns")
+		[ -n "$gperf" ] && gw=$(per "$(awk -F, '$3 ~ /^syscalls:/ && $1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$logdir/gw.perf")" "$txns")
 		[ -n "$bperf" ] && pr=$(per "$(perfcount "$logdir/pg.perf" syscalls:sys_enter_recvfrom)" "$txns") &&
 			pw=$(per "$(perfcount "$logdir/pg.perf" syscalls:sys_enter_sendto)" "$txns")
 		echo "$tps $p99 $(echo "($c1 - $c0) * 10000 / $txns" | bc -l) ${gw:--} ${pr:--} ${pw:--}"
