@@ -195,7 +195,12 @@ func (b *Batcher) Submit(u *Unit) {
 	b.queue = append(b.queue, u)
 	b.settle(&w)
 	b.mu.Unlock()
-	if len(w.out) > 0 || len(w.give) > 0 || len(w.closed) > 0 {
+	if len(w.out) > 0 {
+		// Failures of other clients' units (the pool refused): the caller may hold its own
+		// client's serialisation, and handing work to another client while holding it could
+		// wait for that client doing the same towards ours.
+		go b.run(&w)
+	} else if len(w.give) > 0 || len(w.closed) > 0 {
 		b.run(&w)
 	}
 }
