@@ -182,13 +182,14 @@ func (b *Batcher) run(w *work) {
 }
 
 // Submit queues u; it is written as soon as a connection has room. Call Flush (or let the
-// caller's event loop do it) to send what was written.
+// caller's event loop do it) to send what was written. Submit never calls a Client itself, so
+// the caller may hold its client's serialisation.
 func (b *Batcher) Submit(u *Unit) {
 	var w work
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		u.Client.Failed("57P01", fmt.Sprintf("pool %s is shutting down", b.cfg.Pool.Name()), false)
+		go u.Client.Failed("57P01", fmt.Sprintf("pool %s is shutting down", b.cfg.Pool.Name()), false) // see below
 		return
 	}
 	u.state, u.queuedAt = stQueued, time.Now()
