@@ -394,3 +394,29 @@ func mustConfig(t *testing.T, g *gw, nc net.Conn) *pgx.ConnConfig {
 	}
 	return cfg
 }
+
+// With --batch-max-delay a unit waits for others to go out with it, never longer than the delay:
+// a lone client is answered, and clients arriving together share their writes.
+func TestBatchMaxDelay(t *testing.T) {
+	g := startGateway(t, func(c *gateway.Config) {
+		batching(1, 8)(c)
+		c.BatchMaxDelay = 20 * time.Millisecond
+	})
+	ctx := ctxT(t)
+	var one int
+	if err := g.connect(t).QueryRow(ctx, "SELECT 1").Scan(&one); err != nil || one != 1 {
+		t.Fatalf("lone client: %v %d", err, one)
+	}
+	concurrently(t, g, 16, func(ctx context.Context, conn *pgx.Conn, i int) error {
+		for r := range 10 {
+			var got int
+			if err := conn.QueryRow(ctx, "SELECT $1::int", i*100+r).Scan(&got); err != nil || got != i*100+r {
+				return fmt.Errorf("round %d: %v (%d)", r, err, got)
+			}
+		}
+		return nil
+	})
+	if _, _, deep := batchMetrics(t, g); deep == 0 {
+		t.Fatal("no unit went out behind another")
+	}
+}
