@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"github.com/asyncgate/asyncgate/batcher"
 	"github.com/asyncgate/asyncgate/gateway/sqlclass"
@@ -276,6 +277,7 @@ func (s *session) batchResponse(u *batcher.Unit, b []byte, last bool) {
 		return
 	}
 	s.io.Write(b)
+	s.sentBytes += int64(len(b))
 	if last {
 		s.txStatus = 'I'
 		s.batchDone()
@@ -300,6 +302,14 @@ func (s *session) batchFailed(u *batcher.Unit, code, msg string, cut bool) {
 // batchDone follows the end of a batched unit: the next queued unit, or what afterUnit does.
 func (s *session) batchDone() {
 	s.bunit = nil
+	if st := s.st; st != nil {
+		st.queries.Add(1)
+		if !s.xactStart.IsZero() {
+			st.xacts.Add(1)
+			st.xactTime.Add(s.now().Sub(s.xactStart).Microseconds())
+			s.xactStart = time.Time{}
+		}
+	}
 	s.disarm()
 	if len(s.queued) > 0 {
 		s.startUnit()
