@@ -26,6 +26,11 @@ type Config struct {
 	// (0: weights only).
 	Aging time.Duration
 
+	// Reserve is how many units beyond Limit may run once some unit has waited ReserveAfter,
+	// as PgBouncer's reserve_pool_size and reserve_pool_timeout let a pool grow (0: none).
+	Reserve      int
+	ReserveAfter time.Duration
+
 	Adaptive *AdaptiveConfig // move the limit with observed latency (nil: the limit is fixed)
 
 	Now       func() time.Time                                   // nil: time.Now
@@ -61,6 +66,7 @@ type GateStats struct {
 	RejectedFull    uint64 // refused because the queue was full (53300)
 	RejectedTimeout uint64 // waited WaitTimeout in vain (57014)
 	Notified        uint64 // Notify calls
+	ReserveAdmitted uint64 // admitted beyond Limit by the reserve
 }
 
 // Gate admits request units to a pool: at most Limit run at once, the rest wait in per-tenant
@@ -105,6 +111,7 @@ type waiter struct {
 	prev, next *waiter
 	stopWait   func() bool
 	stopNotify func() bool
+	stopRes    func() bool
 	done       bool // admitted, expired, withdrawn or failed (guarded by Gate.mu)
 	ticket     Ticket
 }
@@ -158,6 +165,9 @@ func (g *Gate) Acquire(tenant string, w Waiter) (t *Ticket, withdraw func() bool
 	}
 	if w.Notify != nil && g.cfg.Notify > 0 && (g.cfg.WaitTimeout == 0 || g.cfg.Notify < g.cfg.WaitTimeout) {
 		wt.stopNotify = g.afterFunc(g.cfg.Notify, func() { g.notify(wt) })
+	}
+	if g.cfg.Reserve > 0 && (g.cfg.WaitTimeout == 0 || g.cfg.ReserveAfter < g.cfg.WaitTimeout) {
+		wt.stopRes = g.afterFunc(g.cfg.ReserveAfter, g.reserve)
 	}
 	g.mu.Unlock()
 	return nil, func() bool { return g.withdraw(wt) }, nil
@@ -346,6 +356,9 @@ func (g *Gate) remove(w *waiter) {
 	if w.stopNotify != nil {
 		w.stopNotify()
 	}
+	if w.stopRes != nil {
+		w.stopRes()
+	}
 	if t.n == 0 {
 		g.leave(t)
 	}
@@ -378,19 +391,54 @@ func (g *Gate) leave(t *tenant) {
 
 // dispatch admits waiters while slots are free. It runs under g.mu; the caller delivers.
 func (g *Gate) dispatch() []*waiter {
-	if g.waiting == 0 || g.running >= g.limit {
+	if g.waiting == 0 || g.running >= g.limit+g.cfg.Reserve {
 		return nil
 	}
 	now := g.now()
 	var admitted []*waiter
-	for g.waiting > 0 && g.running < g.limit {
+	for g.waiting > 0 {
+		reserve := false
+		if g.running >= g.limit {
+			if !g.reserveDue(now) {
+				break
+			}
+			reserve = true
+		}
 		w := g.next(now)
 		w.ticket = Ticket{g: g, waited: now.Sub(w.enqueued)}
 		g.running++
 		g.stats.Admitted++
+		if reserve {
+			g.stats.ReserveAdmitted++
+		}
 		admitted = append(admitted, w)
 	}
 	return admitted
+}
+
+// reserveDue reports whether a unit beyond the limit may run now: the reserve has room and some
+// unit has waited ReserveAfter. It runs under g.mu, only while every slot of the limit is taken.
+func (g *Gate) reserveDue(now time.Time) bool {
+	if g.cfg.Reserve <= 0 || g.running >= g.limit+g.cfg.Reserve || g.ring == nil {
+		return false
+	}
+	t := g.ring
+	for {
+		if now.Sub(t.head.enqueued) >= g.cfg.ReserveAfter {
+			return true
+		}
+		if t = t.next; t == g.ring {
+			return false
+		}
+	}
+}
+
+// reserve runs when a unit has waited ReserveAfter: the reserve may admit it now.
+func (g *Gate) reserve() {
+	g.mu.Lock()
+	admitted := g.dispatch()
+	g.mu.Unlock()
+	deliver(admitted)
 }
 
 // next picks the unit to admit and takes it out of its queue. A starved tenant goes first;

@@ -524,3 +524,38 @@ func TestConcurrentChurn(t *testing.T) {
 	t.Logf("fast %d, answered %d (timeouts %d), withdrawn %d, refused %d",
 		fast.Load(), answered.Load(), s.RejectedTimeout, withdrawn.Load(), refused.Load())
 }
+
+// The reserve lets the gate run units beyond its limit once one has waited ReserveAfter, up to
+// Reserve more, and no further; a unit that has not waited that long still waits for a slot.
+func TestReserve(t *testing.T) {
+	const after = 5 * time.Second
+	h := newHarness(t, Config{Limit: 1, Reserve: 1, ReserveAfter: after})
+	cur, _ := h.acquire("a")
+	h.mustWait("a")
+	h.clock.Advance(after - time.Nanosecond)
+	if s := h.stats(); s.Running != 1 || s.Waiting != 1 {
+		t.Fatalf("before the reserve timeout: %+v", s)
+	}
+	h.clock.Advance(time.Nanosecond)
+	extra := h.next()
+	if extra.ticket == nil {
+		t.Fatalf("after the reserve timeout: %v, want a ticket", extra.err)
+	}
+	h.mustWait("b")
+	h.clock.Advance(after)
+	if s := h.stats(); s.Running != 2 || s.Waiting != 1 || s.ReserveAdmitted != 1 {
+		t.Fatalf("with the reserve in use: %+v, want 2 running, 1 waiting, 1 admitted by the reserve", s)
+	}
+	// Releasing one of two running units leaves the limit taken: the waiter (past the reserve
+	// timeout) goes through the reserve again.
+	cur.Release(Outcome{})
+	d := h.next()
+	if d.ticket == nil || d.tenant != "b" {
+		t.Fatalf("after a release: %+v", d)
+	}
+	extra.ticket.Release(Outcome{})
+	d.ticket.Release(Outcome{})
+	if s := h.stats(); s.Running != 0 || s.ReserveAdmitted != 2 {
+		t.Fatalf("at the end: %+v", s)
+	}
+}

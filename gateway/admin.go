@@ -585,6 +585,16 @@ func (s *Server) configEntries() []configEntry {
 		{"max_queue", num(c.MaxQueue), num(d.MaxQueue)},
 		{"max_prepared_statements", num(c.MaxPrepared), num(d.MaxPrepared)},
 		{"query_wait_timeout", secs(c.QueryWaitTimeout), secs(d.QueryWaitTimeout)},
+		{"query_wait_notify", secs(c.QueryWaitNotify), secs(d.QueryWaitNotify)},
+		{"max_db_client_connections", num(c.MaxDBClientConn), num(d.MaxDBClientConn)},
+		{"max_user_client_connections", num(c.MaxUserClientConn), num(d.MaxUserClientConn)},
+		{"reserve_pool_size", num(c.ReservePoolSize), num(d.ReservePoolSize)},
+		{"reserve_pool_timeout", secs(c.ReservePoolTimeout), secs(d.ReservePoolTimeout)},
+		{"priority", keyList(c.Priorities), ""},
+		{"priority_aging", c.PriorityAging.String(), d.PriorityAging.String()},
+		{"rate_limit", keyList(c.RateLimits), ""},
+		{"adaptive_limit", onOff(c.AdaptiveLimit), onOff(d.AdaptiveLimit)},
+		{"max_memory", strconv.FormatInt(c.MaxMemory, 10), strconv.FormatInt(d.MaxMemory, 10)},
 		{"query_timeout", secs(c.QueryTimeout), secs(d.QueryTimeout)},
 		{"idle_transaction_timeout", secs(c.IdleTxTimeout), secs(d.IdleTxTimeout)},
 		{"client_idle_timeout", secs(c.ClientIdleTimeout), secs(d.ClientIdleTimeout)},
@@ -606,6 +616,16 @@ func (s *Server) configEntries() []configEntry {
 		{"max_packet_size", num(c.MaxPacketSize), num(d.MaxPacketSize)},
 		{"metrics_listen", c.MetricsListen, d.MetricsListen},
 	}
+}
+
+// keyList shows a map flag as its repeated values, in key order: "alice=10,bob=1".
+func keyList[V any](m map[string]V) string {
+	keys := slices.Sorted(maps.Keys(m))
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s=%v", k, m[k])
+	}
+	return strings.Join(parts, ",")
 }
 
 func onOff(b bool) string {

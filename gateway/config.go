@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/hedge"
 )
@@ -41,7 +42,20 @@ type Config struct {
 	MaxClientConn int
 	MaxQueue      int
 
-	QueryWaitTimeout     time.Duration
+	QueryWaitTimeout time.Duration
+	QueryWaitNotify  time.Duration // a NoticeResponse to a unit that has waited this long (0: none)
+
+	// Admission control (admission.go). Each backend of a database has a gate of the database's
+	// pool size, shared by its users.
+	Priorities           map[string]int    // --priority USER=N or DB/USER=N: a user's weight at the gates
+	PriorityAging        time.Duration     // a user unserved this long while it waits goes first (0: weights only)
+	RateLimits           map[string]string // --rate-limit USER=N/s (or /m, /h)
+	MaxDBClientConn      int               // clients per database alias (0: no limit)
+	MaxUserClientConn    int               // clients per user (0: no limit)
+	ReservePoolSize      int               // units beyond the pool size once one waited ReservePoolTimeout
+	ReservePoolTimeout   time.Duration
+	AdaptiveLimit        bool  // the gates' limits follow backend latency
+	MaxMemory            int64 // process memory in bytes beyond which new work is refused (0: no limit)
 	ClientLoginTimeout   time.Duration
 	ServerConnectTimeout time.Duration
 	ServerLifetime       time.Duration
@@ -107,6 +121,11 @@ func Defaults() Config {
 		MaxClientConn:        100,
 		MaxQueue:             10000,
 		QueryWaitTimeout:     120 * time.Second,
+		QueryWaitNotify:      5 * time.Second,
+		Priorities:           map[string]int{},
+		PriorityAging:        time.Second,
+		RateLimits:           map[string]string{},
+		ReservePoolTimeout:   5 * time.Second,
 		ClientLoginTimeout:   60 * time.Second,
 		ServerConnectTimeout: 15 * time.Second,
 		ServerLifetime:       3600 * time.Second,
@@ -157,6 +176,19 @@ func (c *Config) validate() error {
 	}
 	if c.AuthType != auth.Trust && c.AuthFile == "" {
 		return fmt.Errorf("--auth-type %s needs --auth-file", c.AuthType)
+	}
+	for name, w := range c.Priorities {
+		if w < 1 {
+			return fmt.Errorf("--priority %s=%d: want a weight of at least 1", name, w)
+		}
+	}
+	for user, r := range c.RateLimits {
+		if _, err := admission.ParseRate(r); err != nil {
+			return fmt.Errorf("--rate-limit %s: %w", user, err)
+		}
+	}
+	if c.ReservePoolSize < 0 || c.MaxDBClientConn < 0 || c.MaxUserClientConn < 0 || c.MaxMemory < 0 || c.MaxQueue < 0 {
+		return fmt.Errorf("--reserve-pool-size, --max-db-client-connections, --max-user-client-connections, --max-memory and --max-queue cannot be negative")
 	}
 	if len(c.Databases) == 0 {
 		return fmt.Errorf("no --database given")

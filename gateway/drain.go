@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/pool"
 	"github.com/asyncgate/asyncgate/wire"
 )
@@ -19,6 +20,9 @@ type drainer struct {
 	pool *pool.Pool
 	c    *pool.Conn
 	back giveBack // how the backend goes back once clean
+	// The gate slot of the departed client's unit, given back with the backend: until then the
+	// backend is still busy with the unit.
+	ticket *admission.Ticket
 
 	mu        sync.Mutex
 	owed      int  // ReadyForQuery messages still to come
@@ -43,11 +47,16 @@ func (d *drainer) checkAnswered() {
 func (s *session) drain(be *pool.Conn) {
 	clean := s.slots.empty() && !s.unsynced && !s.copyIn && s.txStatus == 'I' && !s.cancelling && !s.barrier
 	back := s.giveBack()
+	ticket := s.ticket
+	s.ticket = nil
 	if clean && be.Frames.AtBoundary() {
 		back.give(s.pool, be)
+		if ticket != nil {
+			ticket.Release(admission.Outcome{})
+		}
 		return
 	}
-	d := &drainer{srv: s.srv, pool: s.pool, c: be, back: back, owed: s.slots.syncs(), status: s.txStatus, cancelled: s.barrier}
+	d := &drainer{srv: s.srv, pool: s.pool, c: be, back: back, owed: s.slots.syncs(), status: s.txStatus, cancelled: s.barrier, ticket: ticket}
 	d.mu.Lock()
 	defer be.Flush()
 	defer d.mu.Unlock()
@@ -116,6 +125,14 @@ func (d *drainer) BackendClosed(*pool.Conn, error) {
 	defer d.checkAnswered()
 	d.finished = true
 	d.stopTimer()
+	d.releaseTicket()
+}
+
+func (d *drainer) releaseTicket() {
+	if t := d.ticket; t != nil {
+		d.ticket = nil
+		t.Release(admission.Outcome{Dropped: true})
+	}
 }
 
 // step moves on once nothing is owed and every cancel is delivered. Called with d.mu held.
@@ -150,6 +167,7 @@ func (d *drainer) give(clean bool) {
 	d.finished = true
 	d.checkAnswered()
 	d.stopTimer()
+	defer d.releaseTicket()
 	if !clean {
 		d.pool.Discard(d.c)
 		return

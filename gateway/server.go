@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/batcher"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/gateway/sqlclass"
@@ -34,6 +35,7 @@ type Server struct {
 	users  atomic.Pointer[auth.Userlist]
 
 	clients atomic.Int64 // sessions past their StartupMessage, against --max-client-conn
+	adm     admissionState
 
 	listener atomic.Pointer[net.Listener] // what Serve accepts from, for the console's SHUTDOWN
 	shutdown atomic.Bool                  // Shutdown has begun: health checks fail
@@ -85,8 +87,9 @@ type database struct {
 	hedge    *bool        // hedge given in the DSN, if any
 	batch    *bool        // batch given in the DSN, if any
 
-	replicas []*replica // --replica NAME=DSN for this alias, in flag order
-	reads    readState  // read routing to those replicas
+	replicas []*replica        // --replica NAME=DSN for this alias, in flag order
+	gates    []*admission.Gate // admission to the primary (0) and each replica (i), shared by all users
+	reads    readState         // read routing to those replicas
 }
 
 // New checks cfg, loads the auth file and TLS keys, and parses the database DSNs.
@@ -116,6 +119,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("--loop-driver: %w", err)
 	}
 	s.driver = driver
+	if err := s.initAdmission(); err != nil {
+		return nil, err
+	}
 	if err := s.ReloadUsers(); err != nil {
 		return nil, err
 	}
@@ -134,7 +140,12 @@ func New(cfg Config) (*Server, error) {
 		if err := s.addReplicas(db, cfg.Replicas[name]); err != nil {
 			return nil, err
 		}
+		s.newGates(db)
 		s.dbs[name] = db
+	}
+	if cfg.MaxMemory > 0 {
+		s.watchers.Add(1)
+		go s.memoryGuard()
 	}
 	return s, nil
 }
@@ -233,6 +244,11 @@ func (s *Server) Shutdown() {
 	pools := s.pools
 	s.pools = make(map[poolKey]*pool.Pool)
 	s.mu.Unlock()
+	for _, db := range s.dbs {
+		for _, g := range db.gates {
+			g.Close()
+		}
+	}
 	for _, p := range pools {
 		p.Close()
 	}
@@ -310,12 +326,13 @@ func (s *Server) backendPool(db *database, user string, backend int) *pool.Pool 
 		size = db.poolSize
 	}
 	p := pool.New(pool.Config{
-		Name:           name,
-		Connect:        conn,
-		Size:           size,
-		MaxPrepared:    s.cfg.MaxPrepared,
-		MinSize:        s.cfg.MinPoolSize,
-		MaxQueue:       s.cfg.MaxQueue,
+		Name:        name,
+		Connect:     conn,
+		Size:        size + s.cfg.ReservePoolSize,
+		MaxPrepared: s.cfg.MaxPrepared,
+		MinSize:     s.cfg.MinPoolSize,
+		// The gate bounds the units that ask: the pool's own queue holds at most its slots, and
+		// only while connections open.
 		WaitTimeout:    s.cfg.QueryWaitTimeout,
 		ConnectTimeout: s.cfg.ServerConnectTimeout,
 		Lifetime:       s.cfg.ServerLifetime,

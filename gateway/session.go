@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/batcher"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/loop"
@@ -51,10 +52,20 @@ type session struct {
 
 	pool     *pool.Pool  // where the backend comes from (or came from): primary, or replica's
 	primary  *pool.Pool  // the database primary's pool for the client's user
-	waiting  bool        // an Acquire is outstanding
-	withdraw func() bool // cancels it
-	be       *pool.Conn
-	flushBe  atomic.Pointer[pool.Conn] // be, for Flush, which may run outside the serialisation
+	waiting  bool        // a gate's or a pool's Acquire is outstanding
+	withdraw func() bool // cancels the pool's
+	gateWait func() bool // cancels the gate's
+
+	// The slot of the backend's gate the current unit holds, from before it asks the pool for a
+	// connection until it gives the connection back (admission.go).
+	ticket     *admission.Ticket
+	admittedAt time.Time // for --adaptive-limit's latency
+	rejecting  bool      // a refused unit's frames are dropped up to its end
+	limitDB    string    // the database and user counted against the per-database and
+	limitUser  string    // per-user client limits (limited says whether they were)
+	limited    bool
+	be         *pool.Conn
+	flushBe    atomic.Pointer[pool.Conn] // be, for Flush, which may run outside the serialisation
 
 	queued      []queuedFrame // client frames waiting for a backend
 	queuedBytes int
@@ -269,10 +280,16 @@ func (s *session) login(st *wire.Startup) {
 		return
 	}
 	if !s.srv.admitClient() {
+		s.srv.reject(rejectClients, st.Params["database"], st.Params["user"])
 		s.fatal("53300", fmt.Sprintf("no more connections allowed: %d clients connected (--max-client-conn)", s.srv.cfg.MaxClientConn))
 		return
 	}
 	s.counted = true
+	if err := s.srv.admitLogin(st.Params["database"], st.Params["user"]); err != nil {
+		s.fatal(err.Code, err.Message)
+		return
+	}
+	s.limitDB, s.limitUser, s.limited = st.Params["database"], st.Params["user"], true
 	if st.Version != wire.ProtocolVersion30 {
 		var unknown []string
 		for k := range st.Params {
@@ -365,7 +382,129 @@ func (s *session) acquire() {
 		s.replica, s.routed = r, len(s.queued)
 		s.pool = s.srv.backendPool(s.db, s.user, r.index)
 	}
+	if err := s.srv.admitUnit(s.db.name, s.user); err != nil {
+		s.leaveReplica()
+		s.refused(err)
+		return
+	}
+	s.admit()
+}
+
+// admit takes a slot of the gate of the backend the unit goes to; admitted gets the answer.
+func (s *session) admit() {
+	backend := 0
+	if s.replica != nil {
+		backend = s.replica.index
+	}
+	g := s.db.gates[backend]
+	s.waiting = true
+	t, withdraw, err := g.Acquire(s.user, admission.Waiter{
+		Deliver: func(t *admission.Ticket, err error) {
+			// Deliver runs on a goroutine of its own, which may wait for the loop.
+			if !s.io.Exec(func() { s.admitted(backend, t, err) }) && t != nil {
+				t.Release(admission.Outcome{}) // the client left while waiting
+			}
+		},
+		Notify: func(waited time.Duration) {
+			s.io.Exec(func() {
+				if s.gateWait != nil && s.state != stClosed {
+					s.io.Write(wire.AppendNotice(nil, "01000", fmt.Sprintf(
+						"waited %s for a server connection of pool %s so far (--query-wait-notify); the wait ends at --query-wait-timeout %s",
+						waited.Round(time.Millisecond), s.db.name, s.srv.cfg.QueryWaitTimeout)))
+				}
+			})
+		},
+	})
+	switch {
+	case err != nil:
+		s.admitted(backend, nil, err)
+	case t != nil:
+		s.admitted(backend, t, nil)
+	default:
+		s.gateWait = withdraw
+	}
+}
+
+// admitted is the gate's answer: with a slot, ask the pool for a connection.
+func (s *session) admitted(backend int, t *admission.Ticket, err error) {
+	s.gateWait = nil
+	if s.state == stClosed {
+		if t != nil {
+			t.Release(admission.Outcome{})
+		}
+		return
+	}
+	if err != nil {
+		s.waiting = false
+		s.srv.reject(rejectReason(err), s.db.name, s.user)
+		s.leaveReplica()
+		s.refused(err)
+		return
+	}
+	s.srv.waitObserver(s.db.name, backend, s.user).Observe(t.Waited().Seconds())
+	s.ticket = t
+	if s.srv.cfg.AdaptiveLimit {
+		s.admittedAt = time.Now()
+	}
 	s.acquireFrom(s.pool)
+}
+
+// releaseTicket gives the unit's slot back, with how long the unit held it for the adaptive limit.
+func (s *session) releaseTicket() {
+	t := s.ticket
+	if t == nil {
+		return
+	}
+	s.ticket = nil
+	var o admission.Outcome
+	if s.srv.cfg.AdaptiveLimit && s.mode != sessionMode {
+		o = admission.Outcome{Latency: time.Since(s.admittedAt), Dropped: s.timedOut}
+	}
+	t.Release(o)
+}
+
+// refused answers a unit that may not run: a client still logging in is closed, as PgBouncer
+// does; a logged-in one gets an ErrorResponse for the unit and stays connected.
+func (s *session) refused(err error) {
+	code, msg := errorFields(err)
+	if s.state != stLinked {
+		s.fatal(code, msg)
+		return
+	}
+	s.waitStart = time.Time{} // the wait of a unit that does not run is not a backend wait
+	s.requestFailed("gateway", code, msg)
+	s.io.Write(wire.AppendError(nil, "ERROR", code, msg))
+	s.rejecting = true
+	queued := s.queued
+	s.queued, s.queuedBytes = nil, 0
+	for i, q := range queued {
+		if !s.rejecting {
+			s.queued = queued[i:]
+			for _, q := range s.queued {
+				s.queuedBytes += len(q.raw)
+			}
+			break
+		}
+		s.skip(q.typ, q.last)
+	}
+	if !s.rejecting && len(s.queued) > 0 {
+		s.sendQueued() // the next unit asks for a backend of its own
+		return
+	}
+	s.unthrottle()
+	if !s.rejecting {
+		s.afterUnit()
+	}
+}
+
+// skip drops a frame of a refused unit; the unit's end gets the ReadyForQuery the client waits
+// for, as after an error on the backend.
+func (s *session) skip(typ byte, last bool) {
+	if last && (typ == 'Q' || typ == 'S' || typ == 'F') {
+		s.rejecting = false
+		s.io.Write(wire.AppendReadyForQuery(nil, s.txStatus))
+		s.unitEnded()
+	}
 }
 
 func (s *session) acquireFrom(p *pool.Pool) {
@@ -408,16 +547,19 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 		if c != nil {
 			c.Pool().Return(c)
 		}
+		s.releaseTicket()
 		return
 	}
 	if err != nil && s.replica != nil {
 		// Nothing of the unit reached the replica or the client: the primary serves it.
 		s.srv.log.Debug("replica unavailable, unit goes to the primary", "database", s.db.name, "err", err)
+		s.releaseTicket()
 		s.leaveReplica()
-		s.acquireFrom(s.pool)
+		s.admit()
 		return
 	}
 	if err != nil {
+		s.releaseTicket()
 		code, msg := errorFields(err)
 		s.fatal(code, msg)
 		return
@@ -514,6 +656,13 @@ func (s *session) clientMessage(f *wire.Frame) {
 		s.io.Close()
 		return
 	}
+	if s.rejecting {
+		s.skip(f.Type, f.Last)
+		if !s.rejecting {
+			s.afterUnit()
+		}
+		return
+	}
 	if f.First && s.unitStart.IsZero() && s.state == stLinked {
 		s.unitStart = s.now()
 	}
@@ -526,6 +675,16 @@ func (s *session) clientMessage(f *wire.Frame) {
 	if s.state == stLinked && s.be == nil && !s.waiting && len(s.queued) == 0 && !s.hubWait && f.First && !s.routing() && !s.batchOK {
 		s.disarm()
 		s.acquire() // often answered at once, and then f goes straight through
+		if s.state == stClosed {
+			return
+		}
+		if s.rejecting {
+			s.skip(f.Type, f.Last)
+			if !s.rejecting {
+				s.afterUnit()
+			}
+			return
+		}
 	}
 	if s.replica != nil && s.be != nil && s.routed == 0 && f.First && !s.slots.empty() && !s.unsynced {
 		// A new unit while the replica still works on the one it was chosen for: it is routed
@@ -597,6 +756,7 @@ func (s *session) release() {
 	s.be = nil
 	s.flushBe.Store(nil)
 	s.pool.Return(be)
+	s.releaseTicket()
 	if s.replica == nil && s.unitWrites {
 		s.lastWrite = time.Now()
 	}
@@ -670,6 +830,7 @@ func (s *session) backendClosed(c *pool.Conn, err error) {
 	}
 	s.be = nil
 	s.flushBe.Store(nil)
+	s.releaseTicket()
 	s.fatal("08006", fmt.Sprintf("server connection closed (%s): %v", c.Addr(), err))
 }
 
@@ -691,6 +852,10 @@ func (s *session) OnClose(err error) {
 	}
 	s.state = stClosed
 	s.disarm()
+	if s.gateWait != nil {
+		s.gateWait() // if the ticket is on its way, admitted gives it back
+		s.gateWait = nil
+	}
 	if s.withdraw != nil {
 		s.withdraw()
 		s.withdraw = nil
@@ -700,6 +865,9 @@ func (s *session) OnClose(err error) {
 	}
 	if s.counted {
 		s.srv.clients.Add(-1)
+	}
+	if s.limited {
+		s.srv.leaveLogin(s.limitDB, s.limitUser)
 	}
 	if s.pt != nil && s.pt.counted {
 		s.pt.counted = false
@@ -718,8 +886,9 @@ func (s *session) OnClose(err error) {
 	if be := s.be; be != nil {
 		s.be = nil
 		s.flushBe.Store(nil)
-		s.drain(be)
+		s.drain(be) // takes the ticket: the slot is held until the backend is back
 	}
+	s.releaseTicket()
 	s.leaveReplica()
 }
 

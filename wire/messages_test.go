@@ -143,7 +143,7 @@ func TestReadersDoNotAllocate(t *testing.T) {
 func TestBufferPool(t *testing.T) {
 	for _, tt := range []struct{ size, want int }{
 		{0, 4 << 10}, {1, 4 << 10}, {4 << 10, 4 << 10}, {4<<10 + 1, 16 << 10}, {100 << 10, 256 << 10},
-		{1 << 20, 1 << 20}, {1<<20 + 1, 16 << 20}, {16 << 20, 16 << 20}, {16<<20 + 1, 16<<20 + 1},
+		{1 << 20, 1 << 20}, {1<<20 + 1, 4 << 20}, {4<<20 + 1, 16 << 20}, {16 << 20, 16 << 20}, {16<<20 + 1, 16<<20 + 1},
 	} {
 		b := GetBuffer(tt.size)
 		if len(*b) != tt.want || cap(*b) != tt.want {

@@ -3,9 +3,11 @@ package wire
 import "sync"
 
 // bufClasses are the capacities GetBuffer hands out. Few, widely spaced classes keep the pools warm; a
-// buffer rounded up to its class wastes at most 4x (16x for the last step), which is acceptable because
-// buffers are leased only while bytes are in flight.
-var bufClasses = [...]int{4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 16 << 20}
+// buffer rounded up to its class wastes at most 4x, which is acceptable because buffers are leased only
+// while bytes are in flight. The 4 MiB class is what a slow client's output costs: its buffer holds
+// --max-client-output (1 MiB by default) plus the last read from its backend, and without the class
+// that took a 16 MiB buffer per slow client.
+var bufClasses = [...]int{4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
 
 var bufPools [len(bufClasses)]sync.Pool
 

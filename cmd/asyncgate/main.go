@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/gateway"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/hedge"
@@ -128,8 +129,44 @@ func run(args []string) error {
 	fs.IntVar(&cfg.PoolSize, "default-pool-size", cfg.PoolSize, "backend connections per (database, user) pool")
 	fs.IntVar(&cfg.MinPoolSize, "min-pool-size", cfg.MinPoolSize, "backend connections kept open per pool even when idle")
 	fs.IntVar(&cfg.MaxClientConn, "max-client-conn", cfg.MaxClientConn, "most clients connected at once; more get SQLSTATE 53300")
-	fs.IntVar(&cfg.MaxQueue, "max-queue", cfg.MaxQueue, "most clients waiting for a backend per pool; more get SQLSTATE 53300")
-	durationVar(fs, &cfg.QueryWaitTimeout, "query-wait-timeout", "longest wait for a backend connection (SQLSTATE 57014 after)")
+	fs.IntVar(&cfg.MaxQueue, "max-queue", cfg.MaxQueue, "most request units waiting for a backend of a database, across its users; more get SQLSTATE 53300 at once (0: no bound)")
+	durationVar(fs, &cfg.QueryWaitTimeout, "query-wait-timeout", "longest wait for a backend (SQLSTATE 57014 after; 0: forever)")
+	durationVar(fs, &cfg.QueryWaitNotify, "query-wait-notify", "a unit that has waited this long for a backend gets a NOTICE saying so (0: never)")
+	fs.Func("priority", "a user's weight when units of several users wait for a database's backends: `USER=N` in every database, or DB/USER=N in one (repeatable; default 1). Waiting units are served by weighted round robin across users", func(v string) error {
+		name, n, ok := strings.Cut(v, "=")
+		w, err := strconv.Atoi(n)
+		if !ok || name == "" || err != nil || w < 1 {
+			return errors.New("want USER=N or DB/USER=N with N a positive integer")
+		}
+		cfg.Priorities[name] = w
+		return nil
+	})
+	durationVar(fs, &cfg.PriorityAging, "priority-aging", "a user whose units have gone unserved this long while they wait is served next, whatever the weights (0: weights only)")
+	fs.Func("rate-limit", "most request units a user may start, `USER=N/s` (or N/m, N/h; repeatable); more get SQLSTATE 53400 at once", func(v string) error {
+		user, rate, ok := strings.Cut(v, "=")
+		if !ok || user == "" {
+			return errors.New("want USER=N/s")
+		}
+		if _, err := admission.ParseRate(rate); err != nil {
+			return err
+		}
+		cfg.RateLimits[user] = rate
+		return nil
+	})
+	fs.IntVar(&cfg.MaxDBClientConn, "max-db-client-connections", 0, "most clients connected to one database at once; more get SQLSTATE 53300 (0: no limit)")
+	fs.IntVar(&cfg.MaxUserClientConn, "max-user-client-connections", 0, "most clients connected as one user at once; more get SQLSTATE 53300 (0: no limit)")
+	fs.IntVar(&cfg.ReservePoolSize, "reserve-pool-size", 0, "units a database's backend may run beyond its pool size once one has waited --reserve-pool-timeout (0: none)")
+	durationVar(fs, &cfg.ReservePoolTimeout, "reserve-pool-timeout", "how long a unit waits before the reserve may serve it")
+	fs.Func("adaptive-limit", "on: the units run at once on each backend follow its latency, between a quarter of the pool size and the pool size, shrinking when latency rises (default off)", func(v string) error {
+		on, err := parseOnOff(v)
+		cfg.AdaptiveLimit = on
+		return err
+	})
+	fs.Func("max-memory", "process memory beyond which new clients and units are refused with SQLSTATE 53200, `SIZE` in bytes or with kB, MB, GB (default 0: no limit)", func(v string) error {
+		n, err := parseSize(v)
+		cfg.MaxMemory = n
+		return err
+	})
 	durationVar(fs, &cfg.ClientLoginTimeout, "client-login-timeout", "time a client has to log in")
 	durationVar(fs, &cfg.ServerConnectTimeout, "server-connect-timeout", "budget for opening one backend connection, retries included")
 	durationVar(fs, &cfg.ServerLifetime, "server-lifetime", "backend connections older than this are closed when released (0: never)")
@@ -281,7 +318,7 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 		key = strings.ReplaceAll(strings.TrimSpace(key), "_", "-")
 		value = strings.Trim(strings.TrimSpace(value), `"`)
-		if key == "database" || key == "replica" || key == "user-pool-mode" {
+		if key == "database" || key == "replica" || key == "user-pool-mode" || key == "priority" || key == "rate-limit" {
 			// NAME=DSN contains '=' itself; keep the rest of the line whole.
 			value = strings.TrimSpace(line[strings.Index(line, "=")+1:])
 		}
@@ -337,6 +374,27 @@ func durationVar(fs *flag.FlagSet, p *time.Duration, name, usage string) {
 		*p = d
 		return nil
 	})
+}
+
+// parseSize reads a byte count: plain, or with a kB, MB or GB suffix (powers of 1024, as
+// PostgreSQL reads memory settings).
+func parseSize(v string) (int64, error) {
+	v = strings.TrimSpace(v)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"kB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q: want a size in bytes, or with kB, MB or GB", v)
+	}
+	return n * mult, nil
 }
 
 // parseOnOff reads a switch the way PostgreSQL reads a boolean setting.
