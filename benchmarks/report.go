@@ -56,16 +56,20 @@ type TargetResult struct {
 	Errors     map[string]int64 `json:"errors"` // by SQLSTATE, or connection/canceled/script
 	// Unsent counts open-loop arrivals due before the end of a round that no client got to send:
 	// with a non-zero value the target could not keep up with the rate.
-	Unsent     int64                     `json:"unsent"`
-	Latency    LatencySummary            `json:"latency_ms"`
-	Connect    ConnectStats              `json:"connect"`
-	Processes  []ProcessResult           `json:"processes,omitempty"`
-	Rounds     []*RoundResult            `json:"rounds"`
-	Throughput []ThroughputSample        `json:"throughput"`
-	hist       *hdrhistogram.Histogram   // merged over rounds
-	maxLat     time.Duration             //
-	connHist   *hdrhistogram.Histogram   //
-	procs      map[string]*ProcessResult // accumulated by name
+	Unsent  int64          `json:"unsent"`
+	Latency LatencySummary `json:"latency_ms"`
+	// ErrorLatency is the failed transactions' latency, measured as Latency is: how fast a
+	// gateway that sheds load answers the work it refuses.
+	ErrorLatency LatencySummary            `json:"error_latency_ms"`
+	Connect      ConnectStats              `json:"connect"`
+	Processes    []ProcessResult           `json:"processes,omitempty"`
+	Rounds       []*RoundResult            `json:"rounds"`
+	Throughput   []ThroughputSample        `json:"throughput"`
+	hist         *hdrhistogram.Histogram   // merged over rounds
+	maxLat       time.Duration             //
+	connHist     *hdrhistogram.Histogram   //
+	errHist      *hdrhistogram.Histogram   //
+	procs        map[string]*ProcessResult // accumulated by name
 }
 
 // ConnectStats describes connection setup, which is measured apart from query latency.
@@ -88,6 +92,7 @@ type RoundResult struct {
 	Errors        map[string]int64 `json:"errors"`
 	Unsent        int64            `json:"unsent"`
 	Latency       LatencySummary   `json:"latency_ms"`
+	ErrorLatency  LatencySummary   `json:"error_latency_ms"`
 	ConnectWallMs float64          `json:"connect_wall_ms"`
 	ConnectErrors map[string]int64 `json:"connect_errors"`
 	Processes     []ProcessResult  `json:"processes,omitempty"`
@@ -95,6 +100,7 @@ type RoundResult struct {
 	hist       *hdrhistogram.Histogram
 	maxLat     time.Duration
 	connHist   *hdrhistogram.Histogram
+	errHist    *hdrhistogram.Histogram
 	throughput []ThroughputSample
 }
 
@@ -126,6 +132,7 @@ func newTargetResult(t Target) *TargetResult {
 		Connect:  ConnectStats{Errors: map[string]int64{}},
 		hist:     newHistogram(),
 		connHist: newHistogram(),
+		errHist:  newHistogram(),
 		procs:    map[string]*ProcessResult{},
 	}
 }
@@ -146,6 +153,9 @@ func (t *TargetResult) add(r *RoundResult) {
 	t.hist.Merge(r.hist)
 	t.maxLat = max(t.maxLat, r.maxLat)
 	t.connHist.Merge(r.connHist)
+	if r.errHist != nil {
+		t.errHist.Merge(r.errHist)
+	}
 	t.Connect.Connected = t.connHist.TotalCount()
 	t.Connect.WallMs = append(t.Connect.WallMs, r.ConnectWallMs)
 	t.Throughput = append(t.Throughput, r.throughput...)
@@ -172,6 +182,7 @@ func (t *TargetResult) finish() {
 		t.TPS = float64(t.Txns) / t.ElapsedS
 	}
 	t.Latency = Summarize(t.hist, t.maxLat)
+	t.ErrorLatency = Summarize(t.errHist, 0)
 	t.Connect.Latency = Summarize(t.connHist, 0)
 	t.Processes = t.Processes[:0]
 	for _, name := range slices.Sorted(maps.Keys(t.procs)) {

@@ -174,6 +174,8 @@ wait:
 	}
 	res.hist, res.maxLat = rec.merged()
 	res.Latency = Summarize(res.hist, res.maxLat)
+	res.errHist = rec.errorLatency()
+	res.ErrorLatency = Summarize(res.errHist, 0)
 	res.Processes = procs.stop(res.Txns)
 	pr.done(res)
 	return res

@@ -98,8 +98,9 @@ type recorder struct {
 	failed atomic.Int64
 	latNs  atomic.Int64 // sum of successful latencies, for the live mean
 
-	mu     sync.Mutex
-	errors map[string]int64
+	mu      sync.Mutex
+	errors  map[string]int64
+	errHist *hdrhistogram.Histogram // failed transactions' latency: how fast a refusal comes
 }
 
 type histShard struct {
@@ -110,7 +111,7 @@ type histShard struct {
 }
 
 func newRecorder(shards int) *recorder {
-	r := &recorder{shards: make([]histShard, shards), errors: map[string]int64{}}
+	r := &recorder{shards: make([]histShard, shards), errors: map[string]int64{}, errHist: newHistogram()}
 	for i := range r.shards {
 		r.shards[i].h = newHistogram()
 	}
@@ -124,6 +125,9 @@ func (r *recorder) record(id int, d time.Duration, err error) {
 		code := ErrorCode(err)
 		r.mu.Lock()
 		r.errors[code]++
+		if d > 0 {
+			recordLatency(r.errHist, d)
+		}
 		r.mu.Unlock()
 		return
 	}
@@ -151,6 +155,15 @@ func (r *recorder) merged() (*hdrhistogram.Histogram, time.Duration) {
 		sh.mu.Unlock()
 	}
 	return h, m
+}
+
+// errorLatency is the latency of the failed transactions so far.
+func (r *recorder) errorLatency() *hdrhistogram.Histogram {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	h := newHistogram()
+	h.Merge(r.errHist)
+	return h
 }
 
 func (r *recorder) errorCounts() map[string]int64 {

@@ -225,7 +225,9 @@ func (c *Conn) Close() {
 		c.stream.Close()
 		return
 	}
-	c.nc.Close()
+	if c.nc != nil { // nil when a loop could not take the socket over (serve)
+		c.nc.Close()
+	}
 }
 
 // OnData implements StreamHandler.
