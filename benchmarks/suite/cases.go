@@ -57,6 +57,7 @@ type caseResult struct {
 	JSON     []string // file names in the results dir
 	Plot     string
 	Hedges   map[string]*hedgeCount // hedging case: asyncgate target name → its SHOW HEDGES during the run
+	Overload *overloadResult        // overload case
 	Logs     map[string][]string    // gateway name → warning lines of its log
 	Problems []string               // failures found while running
 	Err      error
@@ -92,9 +93,12 @@ func (s *suite) runCase(ctx context.Context, c benchCase) *caseResult {
 	}
 	res.INI = ini
 	res.Commands = append(res.Commands, command{"asyncgate", ag.command}, command{"PgBouncer", pgb.command})
-	if c.Idle {
+	switch {
+	case c.Idle:
 		res.Err = s.runIdle(ctx, c, ag, pgb, res)
-	} else {
+	case c.Overload:
+		res.Err = s.runOverload(ctx, c, ag, pgb, res)
+	default:
 		res.Err = s.runLoad(ctx, c, ag, pgb, res)
 	}
 

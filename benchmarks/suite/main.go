@@ -50,6 +50,7 @@ type benchCase struct {
 	Direct   bool     // also measure PostgreSQL without a gateway
 	Idle     bool     // idle-clients case instead of a load run
 	Hedging  bool     // hedged reads on replicas behind fault proxies (hedging.go) instead of the two gateways
+	Overload bool     // open-loop runs at multiples of the measured capacity (overload.go)
 	// MinDuration, when longer than the profile's, is the measured time per target: a tail
 	// percentile needs enough transactions beyond it.
 	MinDuration time.Duration
@@ -105,6 +106,16 @@ var cases = []benchCase{
 			hedgeSpike, hedgeSpikeP*100),
 		PoolMode: "transaction", PoolSize: 40, Hedging: true, MinDuration: 10 * time.Second,
 		Bench: []string{"-S", "-M", "simple", "-c", "20"},
+	},
+	{
+		Slug: "6-overload", Title: "6. Overload: open-loop point selects at 1×, 2×, 5× and 10× the measured capacity (transaction mode, pool 4)",
+		Note: fmt.Sprintf("Each transaction is a point select that sleeps %s on the server, so the backend, not the shared CPU, "+
+			"sets the capacity (about pool size / %s). The load tool sends at a fixed Poisson rate with %d connections; "+
+			"latency counts from each arrival's intended start. asyncgate bounds its queue (`--max-queue` %d: what the pool "+
+			"serves in half the wait timeout) and refuses the rest at once; PgBouncer has no queue bound and makes "+
+			"waiters wait up to its `query_wait_timeout`. Goodput is transactions that succeeded per second.",
+			overloadSleep, overloadSleep, overloadClients, overloadQueue(benchCase{PoolSize: 4})),
+		PoolMode: "transaction", PoolSize: 4, Overload: true,
 	},
 }
 

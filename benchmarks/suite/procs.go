@@ -228,6 +228,9 @@ func (s *suite) startGateways(ctx context.Context, c benchCase) (ag, pgb *gatewa
 		"--auth-type", "scram-sha-256", "--auth-file", s.workPath("userlist.txt"),
 		"--pool-mode", c.PoolMode, "--default-pool-size", strconv.Itoa(c.PoolSize),
 		"--max-client-conn", "20000", "--log-level", "warn"}
+	if c.Overload {
+		agArgv = append(agArgv, overloadArgs(c)...)
+	}
 	p, err := startProc("asyncgate", s.workPath("asyncgate-"+c.Slug+".log"), nil, agArgv...)
 	if err != nil {
 		return nil, nil, "", err
@@ -287,6 +290,9 @@ log_connections = 0
 log_disconnections = 0
 log_stats = 0
 `, database, host, port, pgPassword, bPort, s.workPath("userlist.txt"), c.PoolMode, c.PoolSize, somaxconn())
+	if c.Overload {
+		ini += overloadINI()
+	}
 	path = s.workPath("pgbouncer-" + c.Slug + ".ini")
 	if err := os.WriteFile(path, []byte(ini), 0o644); err != nil {
 		return "", "", fmt.Errorf("pgbouncer ini: %w", err)

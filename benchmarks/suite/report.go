@@ -63,6 +63,13 @@ func (s *suite) markdown() string {
 				p99 = fmt.Sprintf("hedging on/off %.2f at %+.1f%% requests", v.P99Ratio, v.Extra*100)
 			}
 			p("| %s | %s | | %s | | %s |\n", r.Case.Title, tpsRatio(on, g), p99, errorSummary(r.Report))
+		case r.Case.Overload && r.Overload != nil:
+			summary := "–"
+			if v, ok := overloadCheck(r.Overload); ok {
+				summary = fmt.Sprintf("at 10×: goodput %.2f of capacity, admitted p99 %s ms, refusal p99 %s ms; bar met: %v",
+					v.Goodput, benchmarks.FormatMs(v.AdmittedP99), benchmarks.FormatMs(v.RejectP99), v.Met)
+			}
+			p("| %s | | | %s | | |\n", r.Case.Title, summary)
 		case r.Report != nil:
 			a, g, d := r.Report.Target(nameAG), r.Report.Target(namePgB), r.Report.Target(nameDirect)
 			p("| %s | %s | %s | %s | %s | %s |\n", r.Case.Title, tpsRatio(a, g), tpsRatio(a, d),
@@ -96,6 +103,8 @@ func (s *suite) markdown() string {
 		switch {
 		case r.Case.Hedging && r.Report != nil:
 			writeHedgeTables(&b, r)
+		case r.Case.Overload:
+			writeOverloadTables(&b, r.Overload)
 		case r.Report != nil:
 			writeLoadTables(&b, r.Report)
 		case len(r.Idle) > 0:
@@ -219,6 +228,9 @@ func (s *suite) observations() []string {
 		}
 		for _, pr := range r.Problems {
 			out = append(out, fmt.Sprintf("%s: %s", name, oneLine(pr)))
+		}
+		if v, ok := overloadCheck(r.Overload); ok && !v.Met {
+			out = append(out, fmt.Sprintf("%s: the bar is not met: %s", name, strings.Join(v.Failed, "; ")))
 		}
 		if v, ok := hedgeResult(r); ok && !v.Met {
 			out = append(out, fmt.Sprintf("%s: the bar is not met: p99 hedging on/off %.2f (at most %.2f), "+
