@@ -16,7 +16,11 @@
 // for their waiting, and clients that gave up long ago still hold places. So every wait is
 // bounded twice. A unit that finds MaxQueue units already waiting is refused at once with
 // SQLSTATE 53300, and one that waits WaitTimeout gets 57014; both messages name the flag that
-// sets the limit. A refusal in microseconds lets the client retry elsewhere or shed load, and
+// sets the limit. A unit that would wait longer than WaitTimeout is refused with 57014 at once
+// rather than at the timeout: while the gate is saturated it learns the pace at which it admits
+// (the mean gap between releases), and a new unit's wait is about that gap times the units
+// deficit round robin admits before it, counting for each other tenant only the units its
+// weight lets go ahead. A flooding tenant is thus refused early while a quiet one still queues. A refusal in microseconds lets the client retry elsewhere or shed load, and
 // keeps the gateway's memory independent of the offered load.
 //
 // # Fairness between tenants

@@ -65,6 +65,7 @@ type GateStats struct {
 	Admitted        uint64 // at once or after a wait
 	RejectedFull    uint64 // refused because the queue was full (53300)
 	RejectedTimeout uint64 // waited WaitTimeout in vain (57014)
+	RejectedEarly   uint64 // refused at once because the wait would exceed WaitTimeout (57014)
 	Notified        uint64 // Notify calls
 	ReserveAdmitted uint64 // admitted beyond Limit by the reserve
 }
@@ -85,7 +86,21 @@ type Gate struct {
 	adaptive *limiter
 	closed   bool
 	stats    GateStats // counters only
+
+	// The pace at which a saturated gate admits, for predicting waits: the mean time between
+	// releases that found units waiting, over the releases since the gate last ran dry.
+	lastRelease time.Time // zero while the gate is not saturated
+	interval    float64   // ns
+	intervals   int
 }
+
+// Predicting a wait: from minIntervals releases on, their mean gap (weighted 1/paceWindow at most
+// per release, so that it follows a change of pace within some tens of releases) times the units
+// that deficit round robin will admit before a new one.
+const (
+	minIntervals = 8
+	paceWindow   = 32
+)
 
 // Ticket is an admitted unit's slot, held until Release.
 type Ticket struct {
@@ -156,6 +171,14 @@ func (g *Gate) Acquire(tenant string, w Waiter) (t *Ticket, withdraw func() bool
 		return nil, nil, &wire.Error{Code: "53300", Message: fmt.Sprintf(
 			"pool %s: %d requests already wait for a server connection (--max-queue)", g.cfg.Name, g.cfg.MaxQueue)}
 	}
+	if wait, ok := g.predict(tenant); ok && wait > g.cfg.WaitTimeout {
+		// Waiting would only end in the same refusal, later, after holding a place.
+		g.stats.RejectedEarly++
+		g.mu.Unlock()
+		return nil, nil, &wire.Error{Code: "57014", Message: fmt.Sprintf(
+			"query_wait_timeout: pool %s would make this request wait about %s for a server connection, longer than %s (--query-wait-timeout)",
+			g.cfg.Name, wait.Round(time.Millisecond), g.cfg.WaitTimeout)}
+	}
 	wt := &waiter{w: w, enqueued: g.now()}
 	g.enqueue(tenant, wt)
 	// The timers start under the lock so that their stop functions are in place before the
@@ -185,6 +208,11 @@ func (t *Ticket) Release(o Outcome) {
 	t.released = true
 	inflight := g.running
 	g.running--
+	if g.waiting > 0 && g.cfg.WaitTimeout > 0 {
+		g.pace()
+	} else {
+		g.lastRelease, g.intervals = time.Time{}, 0
+	}
 	if g.adaptive != nil {
 		g.limit = g.adaptive.sample(o.Latency, o.Dropped, inflight)
 	}
@@ -387,6 +415,47 @@ func (g *Gate) leave(t *tenant) {
 	}
 	t.prev, t.next = nil, nil
 	delete(g.tenants, t.name)
+}
+
+// pace notes a release of a saturated gate. It runs under g.mu.
+func (g *Gate) pace() {
+	now := g.now()
+	if !g.lastRelease.IsZero() {
+		gap := float64(now.Sub(g.lastRelease))
+		g.intervals++
+		g.interval += (gap - g.interval) / float64(min(g.intervals, paceWindow))
+	}
+	g.lastRelease = now
+}
+
+// predict estimates how long a new unit of tenant would wait, once the gate's pace is known:
+// deficit round robin admits the units already queued for tenant, and for every unit of tenant
+// up to weight/tenant's weight units of each other waiting tenant, as far as it has any. It
+// runs under g.mu.
+func (g *Gate) predict(tenant string) (time.Duration, bool) {
+	if g.cfg.WaitTimeout <= 0 || g.intervals < minIntervals {
+		return 0, false
+	}
+	own := 1.0
+	weight := 1
+	if t := g.tenants[tenant]; t != nil {
+		own += float64(t.n)
+		weight = t.weight
+	} else if g.cfg.Weights != nil {
+		weight = max(g.cfg.Weights(tenant), 1)
+	}
+	ahead := own
+	if u := g.ring; u != nil {
+		for {
+			if u.name != tenant {
+				ahead += min(float64(u.n), own*float64(u.weight)/float64(weight))
+			}
+			if u = u.next; u == g.ring {
+				break
+			}
+		}
+	}
+	return time.Duration(ahead * g.interval), true
 }
 
 // dispatch admits waiters while slots are free. It runs under g.mu; the caller delivers.

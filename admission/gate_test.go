@@ -518,7 +518,7 @@ func TestConcurrentChurn(t *testing.T) {
 	if total := answered.Load() + withdrawn.Load() + refused.Load() + fast.Load(); total != 8000 {
 		t.Fatalf("%d units accounted for, want 8000", total)
 	}
-	if s.RejectedFull != uint64(refused.Load()) || s.Admitted+s.RejectedTimeout != uint64(fast.Load()+answered.Load()) {
+	if s.RejectedFull+s.RejectedEarly != uint64(refused.Load()) || s.Admitted+s.RejectedTimeout != uint64(fast.Load()+answered.Load()) {
 		t.Fatalf("counters %+v disagree with %d fast, %d answered, %d refused", s, fast.Load(), answered.Load(), refused.Load())
 	}
 	t.Logf("fast %d, answered %d (timeouts %d), withdrawn %d, refused %d",
@@ -557,5 +557,49 @@ func TestReserve(t *testing.T) {
 	d.ticket.Release(Outcome{})
 	if s := h.stats(); s.Running != 0 || s.ReserveAdmitted != 2 {
 		t.Fatalf("at the end: %+v", s)
+	}
+}
+
+// Once a saturated gate's pace is known, a unit whose wait would exceed WaitTimeout is refused at
+// once with 57014, counting what deficit round robin admits before it: a tenant behind a long
+// queue of its own is refused, one with nothing queued still waits its turn.
+func TestPredictedWaitRefusedAtOnce(t *testing.T) {
+	const gap = 100 * time.Millisecond
+	h := newHarness(t, Config{Limit: 1, WaitTimeout: 2 * time.Second})
+	cur, _ := h.acquire("flood")
+	for range 30 {
+		h.mustWait("flood")
+	}
+	// Ten releases 100 ms apart, each admitting the next flood unit.
+	for range 10 {
+		h.clock.Advance(gap)
+		cur = h.serve(cur).ticket
+	}
+	if s := h.stats(); s.Waiting != 20 || s.RejectedEarly != 0 {
+		t.Fatalf("before predicting: %+v", s)
+	}
+	_, _, err := h.g.Acquire("flood", Waiter{Deliver: func(*Ticket, error) { t.Error("refused unit got a delivery") }})
+	if sqlstate(err) != "57014" || !strings.Contains(err.Error(), "--query-wait-timeout") || !strings.Contains(err.Error(), "wait about 2.1s") {
+		t.Fatalf("flood unit behind 20 of its own at 100 ms each: got %v, want 57014 predicting about 2.1s", err)
+	}
+	// A quiet tenant goes after at most one flood unit: about 200 ms.
+	withdraw := h.mustWait("quiet")
+	if s := h.stats(); s.RejectedEarly != 1 {
+		t.Fatalf("stats %+v, want 1 refused early", s)
+	}
+	withdraw()
+	// A release that finds nobody waiting forgets the pace.
+	h2 := newHarness(t, Config{Limit: 1, WaitTimeout: time.Second})
+	tk, _ := h2.acquire("a")
+	tk.Release(Outcome{})
+	if h2.g.intervals != 0 {
+		t.Fatalf("pace kept without waiters")
+	}
+	h.g.Close()
+	cur.Release(Outcome{})
+	for range 20 {
+		if d := h.next(); sqlstate(d.err) != "57P01" {
+			t.Fatalf("at close: %+v", d)
+		}
 	}
 }
