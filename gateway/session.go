@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/batcher"
@@ -55,6 +56,10 @@ type session struct {
 	waiting  bool        // a gate's or a pool's Acquire is outstanding
 	withdraw func() bool // cancels the pool's
 	gateWait func() bool // cancels the gate's
+
+	gateWaiter  admission.Waiter // how the gate answers this session
+	gateBackend int              // the backend whose gate the session waits at
+	waitObs     prometheus.Observer
 
 	// The slot of the backend's gate the current unit holds, from before it asks the pool for a
 	// connection until it gives the connection back (admission.go).
@@ -398,23 +403,29 @@ func (s *session) admit() {
 	}
 	g := s.db.gates[backend]
 	s.waiting = true
-	t, withdraw, err := g.Acquire(s.user, admission.Waiter{
-		Deliver: func(t *admission.Ticket, err error) {
-			// Deliver runs on a goroutine of its own, which may wait for the loop.
-			if !s.io.Exec(func() { s.admitted(backend, t, err) }) && t != nil {
-				t.Release(admission.Outcome{}) // the client left while waiting
-			}
-		},
-		Notify: func(waited time.Duration) {
-			s.io.Exec(func() {
-				if s.gateWait != nil && s.state != stClosed {
-					s.io.Write(wire.AppendNotice(nil, "01000", fmt.Sprintf(
-						"waited %s for a server connection of pool %s so far (--query-wait-notify); the wait ends at --query-wait-timeout %s",
-						waited.Round(time.Millisecond), s.db.name, s.srv.cfg.QueryWaitTimeout)))
+	if s.gateWaiter.Deliver == nil {
+		// Made once per session, so that a unit admitted at once allocates no closures. A
+		// session waits at one gate at a time, the one of s.gateBackend.
+		s.gateWaiter = admission.Waiter{
+			Deliver: func(t *admission.Ticket, err error) {
+				// Deliver runs on a goroutine of its own, which may wait for the loop.
+				if !s.io.Exec(func() { s.admitted(s.gateBackend, t, err) }) && t != nil {
+					t.Release(admission.Outcome{}) // the client left while waiting
 				}
-			})
-		},
-	})
+			},
+			Notify: func(waited time.Duration) {
+				s.io.Exec(func() {
+					if s.gateWait != nil && s.state != stClosed {
+						s.io.Write(wire.AppendNotice(nil, "01000", fmt.Sprintf(
+							"waited %s for a server connection of pool %s so far (--query-wait-notify); the wait ends at --query-wait-timeout %s",
+							waited.Round(time.Millisecond), s.db.name, s.srv.cfg.QueryWaitTimeout)))
+					}
+				})
+			},
+		}
+	}
+	s.gateBackend = backend
+	t, withdraw, err := g.Acquire(s.user, s.gateWaiter)
 	switch {
 	case err != nil:
 		s.admitted(backend, nil, err)
@@ -441,7 +452,14 @@ func (s *session) admitted(backend int, t *admission.Ticket, err error) {
 		s.refused(err)
 		return
 	}
-	s.srv.waitObserver(s.db.name, backend, s.user).Observe(t.Waited().Seconds())
+	if backend == 0 {
+		if s.waitObs == nil {
+			s.waitObs = s.srv.waitObserver(s.db.name, 0, s.user)
+		}
+		s.waitObs.Observe(t.Waited().Seconds())
+	} else {
+		s.srv.waitObserver(s.db.name, backend, s.user).Observe(t.Waited().Seconds())
+	}
 	s.ticket = t
 	if s.srv.cfg.AdaptiveLimit {
 		s.admittedAt = time.Now()
