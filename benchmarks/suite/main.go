@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -126,6 +127,16 @@ func main() {
 	flag.StringVar(&opts.Results, "results", "benchmarks/results", "directory for the results")
 	flag.StringVar(&opts.Name, "name", "", "base name of the results files (default DATE-HOST, DATE-HOST-quick with -quick)")
 	flag.StringVar(&opts.Cases, "cases", "", "comma-separated case slugs or their leading numbers to run, e.g. 5 or 1-latency,5 (default all)")
+	flag.Func("ports", "`FROM-TO`: the ports the gateways listen on (default: any free port)", func(v string) error {
+		from, to, ok := strings.Cut(v, "-")
+		a, err1 := strconv.Atoi(from)
+		b, err2 := strconv.Atoi(to)
+		if !ok || err1 != nil || err2 != nil || a < 1 || b < a || b > 65535 {
+			return fmt.Errorf("-ports %q: want FROM-TO", v)
+		}
+		portRange = [2]int{a, b}
+		return nil
+	})
 	flag.Func("hedge-delays", "comma-separated fixed --hedge-delay values the hedging case also measures, e.g. 2ms,5ms,10ms", func(v string) error {
 		for _, f := range strings.Split(v, ",") {
 			d, err := time.ParseDuration(strings.TrimSpace(f))

@@ -408,7 +408,25 @@ func raiseFileLimit() (uint64, error) {
 	return lim.Cur, nil
 }
 
+// portRange, when set (-ports), is where the gateways listen: on a machine shared with other
+// runs, each gets its own range.
+var portRange [2]int
+
 func freePort() (int, error) {
+	for p := portRange[0]; p > 0 && p <= portRange[1]; p++ {
+		if portsTaken[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err == nil {
+			l.Close()
+			portsTaken[p] = true
+			return p, nil
+		}
+	}
+	if portRange[0] > 0 {
+		return 0, fmt.Errorf("free port: none left in -ports %d-%d", portRange[0], portRange[1])
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("free port: %w", err)
@@ -416,6 +434,11 @@ func freePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
+
+// portsTaken are the ports of -ports handed out already: a gateway stopped at the end of a case
+// may leave its port in TIME_WAIT, and a port handed out is not listened on until its process
+// starts.
+var portsTaken = map[int]bool{}
 
 func somaxconn() int {
 	b, err := os.ReadFile("/proc/sys/net/core/somaxconn")
