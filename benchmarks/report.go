@@ -58,8 +58,8 @@ type TargetResult struct {
 	// with a non-zero value the target could not keep up with the rate.
 	Unsent  int64          `json:"unsent"`
 	Latency LatencySummary `json:"latency_ms"`
-	// ErrorLatency is the failed transactions' latency, measured as Latency is: how fast a
-	// gateway that sheds load answers the work it refuses.
+	// ErrorLatency is the failed transactions' latency, from when each was sent (not from its
+	// intended start): how fast a gateway that sheds load answers the work it refuses.
 	ErrorLatency LatencySummary            `json:"error_latency_ms"`
 	Connect      ConnectStats              `json:"connect"`
 	Processes    []ProcessResult           `json:"processes,omitempty"`

@@ -75,7 +75,9 @@ type loop struct {
 	deadline time.Time
 	// exec runs one transaction.
 	exec func(ctx context.Context) error
-	// done receives each transaction's latency from its intended start, and its error.
+	// done receives each transaction's latency from its intended start, and its error; a failed
+	// one's latency counts from when it was sent: how fast the target answered what it refused,
+	// apart from any wait for a free client.
 	done func(latency time.Duration, err error)
 }
 
@@ -102,7 +104,11 @@ func (l *loop) run(ctx context.Context) (unsent int64) {
 				return 1
 			}
 		}
+		sent := l.clock.Now()
 		err := l.exec(ctx)
+		if err != nil {
+			intended = sent
+		}
 		l.done(l.clock.Now().Sub(intended), err)
 	}
 	return 0

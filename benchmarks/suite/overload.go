@@ -46,7 +46,7 @@ type overloadStep struct {
 
 // overloadResult is the case's measurements besides the steps.
 type overloadResult struct {
-	Capacity   float64 // tps of asyncgate in a closed loop of 4 clients per pool connection
+	Capacity   float64 // tps of asyncgate in a closed loop of 8 clients per pool connection, best round
 	UnloadedMs float64 // p99 of one client alone through asyncgate
 	Steps      []overloadStep
 }
@@ -86,7 +86,9 @@ func (s *suite) runOverload(ctx context.Context, c benchCase, ag, pgb *gateway, 
 	if t := rep.Target(nameAG); t != nil {
 		out.UnloadedMs = t.Latency.P99
 	}
-	rep, err = run("capacity", append([]string{"-c", strconv.Itoa(4 * c.PoolSize), "-T", d.String()}, agTarget...)...)
+	// Capacity: the better of two rounds of a closed loop with 8 clients per pool connection, so
+	// that one round the shared machine stalls does not set it.
+	rep, err = run("capacity", append([]string{"-c", strconv.Itoa(8 * c.PoolSize), "-T", d.String(), "--rounds", "2"}, agTarget...)...)
 	if err != nil {
 		return fmt.Errorf("capacity: %w", err)
 	}
@@ -94,7 +96,9 @@ func (s *suite) runOverload(ctx context.Context, c benchCase, ag, pgb *gateway, 
 	if t == nil || t.TPS == 0 {
 		return errors.New("capacity: asyncgate made no transactions")
 	}
-	out.Capacity = t.TPS
+	for _, r := range t.Rounds {
+		out.Capacity = max(out.Capacity, r.TPS)
+	}
 	logf("overload: capacity %.0f tps, unloaded p99 %.2f ms", out.Capacity, out.UnloadedMs)
 	var errs []error
 	for _, m := range overloadMultiples {
@@ -175,8 +179,9 @@ func writeOverloadTables(b *strings.Builder, o *overloadResult) {
 	if o == nil {
 		return
 	}
-	p("Capacity (asyncgate, closed loop): **%.0f tps**; one client alone: p99 %s ms. Admission: asyncgate "+
-		"`--query-wait-timeout %s`, PgBouncer `query_wait_timeout = %g`.\n\n",
+	p("Capacity (asyncgate, closed loop, the better of two rounds): **%.0f tps**; one client alone: p99 %s ms. "+
+		"Admission: asyncgate `--query-wait-timeout %s`, PgBouncer `query_wait_timeout = %g`. Admitted latency counts "+
+		"from each arrival's intended start; a refusal's from when it was sent.\n\n",
 		o.Capacity, benchmarks.FormatMs(o.UnloadedMs), overloadWaitTimeout, overloadWaitTimeout.Seconds())
 	p("| offered | target | goodput tps | goodput / capacity | admitted p50 ms | admitted p99 ms | refused /s | refusal p50 ms | refusal p99 ms | unsent | RSS MiB | errors |\n")
 	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n")
