@@ -23,7 +23,7 @@ import (
 // load beyond that is what admission control is for; with a CPU-bound select-only the load tool
 // would starve the gateway of CPU long before any queue formed.
 const (
-	overloadSleep       = 5 * time.Millisecond
+	overloadSleep       = 20 * time.Millisecond
 	overloadWaitTimeout = 100 * time.Millisecond // --query-wait-timeout, query_wait_timeout
 	overloadClients     = 200                    // connections of the open-loop load tool
 )
