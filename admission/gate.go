@@ -45,6 +45,10 @@ type Waiter struct {
 	// Notify, if not nil, is called once when the unit has waited Config.Notify. It may race with
 	// Deliver: a unit that is already served should ignore it.
 	Notify func(waited time.Duration)
+	// Inline lets Deliver run on the goroutine that released the slot (after the gate is
+	// unlocked), which spares a goroutine per hand-over on the busy path; Deliver must then not
+	// block.
+	Inline bool
 }
 
 // Outcome is what happened to an admitted unit, for the adaptive limit.
@@ -294,10 +298,15 @@ func (g *Gate) closedError() error {
 }
 
 // deliver hands tickets to units that waited. It runs after the gate is unlocked; each Deliver
-// gets its own goroutine so that callers of Release may hold their own locks.
+// gets its own goroutine, so that callers of Release may hold their own locks, unless its waiter
+// is Inline.
 func deliver(admitted []*waiter) {
 	for _, w := range admitted {
-		go w.w.Deliver(&w.ticket, nil)
+		if w.w.Inline {
+			w.w.Deliver(&w.ticket, nil)
+		} else {
+			go w.w.Deliver(&w.ticket, nil)
+		}
 	}
 }
 

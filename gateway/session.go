@@ -406,12 +406,22 @@ func (s *session) admit() {
 	if s.gateWaiter.Deliver == nil {
 		// Made once per session, so that a unit admitted at once allocates no closures. A
 		// session waits at one gate at a time, the one of s.gateBackend.
+		handOver := func(t *admission.Ticket, err error) {
+			if !s.io.Exec(func() { s.admitted(s.gateBackend, t, err) }) && t != nil {
+				t.Release(admission.Outcome{}) // the client left while waiting
+			}
+		}
 		s.gateWaiter = admission.Waiter{
+			// On the releasing session's loop, Exec hands the ticket over without waiting, as the
+			// pool hands over connections; elsewhere (a timer, a drainer's goroutine) Exec would
+			// wait for this session's loop, so it gets a goroutine of its own.
+			Inline: true,
 			Deliver: func(t *admission.Ticket, err error) {
-				// Deliver runs on a goroutine of its own, which may wait for the loop.
-				if !s.io.Exec(func() { s.admitted(s.gateBackend, t, err) }) && t != nil {
-					t.Release(admission.Outcome{}) // the client left while waiting
+				if !loop.OnLoop() {
+					go handOver(t, err)
+					return
 				}
+				handOver(t, err)
 			},
 			Notify: func(waited time.Duration) {
 				s.io.Exec(func() {
