@@ -729,15 +729,16 @@ func (s *Server) showQueues() *adminTable {
 
 // showHedges has a row per database with hedged reads on, from HedgeStats: reads that could
 // have been hedged, hedges sent, races the hedge won, attempts cancelled, hedges the budget
-// refused. Backend requests per hedgeable read are 1 + hedged/sent.
+// refused, hedges skipped for want of a connection, reads retried after their first attempt's
+// connection failed. Backend requests per hedgeable read are 1 + (hedged + retried)/sent.
 func (s *Server) showHedges() *adminTable {
-	t := &adminTable{cols: cols("database", "#sent", "#hedged", "#won_by_hedge", "#cancelled", "#denied")}
+	t := &adminTable{cols: cols("database", "#sent", "#hedged", "#won_by_hedge", "#cancelled", "#denied", "#skipped", "#retried")}
 	for _, name := range slices.Sorted(maps.Keys(s.dbs)) {
 		if s.dbs[name].reads.hedging == nil {
 			continue
 		}
 		st := s.HedgeStats(name)
-		t.rows = append(t.rows, []any{name, st.Sent, st.Hedged, st.WonByHedge, st.Cancelled, st.Denied})
+		t.rows = append(t.rows, []any{name, st.Sent, st.Hedged, st.WonByHedge, st.Cancelled, st.Denied, st.Skipped, st.Retried})
 	}
 	return t
 }

@@ -101,7 +101,7 @@ func TestAdminShowColumns(t *testing.T) {
 		"VERSION":        "version",
 		"BREAKERS":       "pool backend state opens rejects",
 		"QUEUES":         "pool backend waiting",
-		"HEDGES":         "database sent hedged won_by_hedge cancelled denied",
+		"HEDGES":         "database sent hedged won_by_hedge cancelled denied skipped retried",
 	}
 	for _, db := range []string{"pgbouncer", "asyncgate"} {
 		conn := g.adminConn(t, appUser, appPassword, db)
@@ -291,7 +291,8 @@ func TestAdminShowHedges(t *testing.T) {
 	// Every race was decided when its read answered, so the counters stand still by now.
 	after := h.srv.HedgeStats(testDatabase)
 	for col, want := range map[string]uint64{"sent": after.Sent, "hedged": after.Hedged,
-		"won_by_hedge": after.WonByHedge, "cancelled": after.Cancelled, "denied": after.Denied} {
+		"won_by_hedge": after.WonByHedge, "cancelled": after.Cancelled, "denied": after.Denied,
+		"skipped": after.Skipped, "retried": after.Retried} {
 		got, ok := r[col].(int64)
 		if !ok || uint64(got) != want {
 			t.Errorf("SHOW HEDGES %s = %#v, want %d (HedgeStats %+v)", col, r[col], want, after)

@@ -1,11 +1,16 @@
 package gateway
 
 import (
+	"encoding/binary"
 	"math/rand/v2"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/asyncgate/asyncgate/hedge"
+	"github.com/asyncgate/asyncgate/loop"
 	"github.com/asyncgate/asyncgate/pool"
+	"github.com/asyncgate/asyncgate/wire"
 )
 
 // Hedged reads (--hedge): an autocommit read that read routing sent to a replica, and that has
@@ -64,16 +69,17 @@ func (s *Server) HedgeStats(db string) hedge.StatsSnapshot {
 // hedgeRace is the session's read in flight while it may still be hedged: from when it is sent
 // to its replica until one backend's first response arrives (or the race ends otherwise).
 type hedgeRace struct {
-	h      *hedging
-	race   hedge.Race
-	frames [][]byte // the unit's client frames, as sent to the first backend
-	owed   int      // ReadyForQuery messages the unit owes: what a loser's drainer waits for
-	sent   time.Time
-	stop   func() bool // the hedge delay timer
+	h    *hedging
+	race hedge.Race
+	unit []queuedFrame // the unit's client frames, as sent to the first backend
+	owed int           // ReadyForQuery messages the unit owes: what a loser's drainer waits for
+	sent time.Time
+	stop func() bool // the hedge delay timer
 
 	second        *pool.Conn // attempt 1, once sent
 	secondPool    *pool.Pool
-	secondReplica *replica // nil for the primary
+	secondReplica *replica    // nil for the primary
+	pending       func() bool // withdraws the connection being opened for the hedge
 }
 
 // prepareHedge reports whether the unit routed to the replica may be hedged and, if so, keeps
@@ -86,12 +92,10 @@ func (s *session) prepareHedge() *hedgeRace {
 		return nil
 	}
 	unit := s.queued[:s.routed]
-	frames := make([][]byte, 0, len(unit))
 	for _, q := range unit {
 		if !q.whole || !replayable(q) {
 			return nil
 		}
-		frames = append(frames, q.raw)
 	}
 	if last := unit[len(unit)-1].typ; last != 'S' && last != 'Q' {
 		return nil // the client waits for a Flush's answers: more of the unit is to come
@@ -103,7 +107,7 @@ func (s *session) prepareHedge() *hedgeRace {
 	if !complete || !allRead(stmts) {
 		return nil // a read-only transaction, or a read-only client's unit: not provably one read
 	}
-	return &hedgeRace{h: h, frames: frames}
+	return &hedgeRace{h: h, unit: append([]queuedFrame(nil), unit...)}
 }
 
 // replayable reports a client message that means the same on every backend: it names no
@@ -151,45 +155,29 @@ func (s *session) startHedge(hr *hedgeRace, first *pool.Conn) {
 	hr.race.Start()
 	hr.sent = time.Now()
 	s.hedge = hr
-	hr.stop = s.io.AfterFunc(hr.h.delay.Current(), func() {
-		if s.hedge == hr && s.state != stClosed {
-			s.sendHedge(hr)
-		}
-	})
+	// A runtime timer, not the loop's: the loop's wheel ticks every 10 ms, which turned a hedge
+	// delay of 2 ms into 10 to 20 ms and kept the hedged p99 near 20 ms however fast the second
+	// backend answered.
+	hr.stop = time.AfterFunc(hr.h.delay.Current(), func() {
+		s.io.Exec(func() {
+			if s.hedge == hr && s.state != stClosed {
+				s.sendHedge(hr)
+			}
+		})
+	}).Stop
 }
 
-// sendHedge sends the unit to a second backend, if one is idle and the budget allows.
-func (s *session) sendHedge(hr *hedgeRace) bool {
-	c, p, r := s.hedgeBackend()
-	if c == nil {
-		return false
-	}
-	if !hr.h.budget.TryHedge() {
-		p.Return(c)
-		return false
-	}
-	if _, ok := hr.race.Hedge(); !ok {
-		p.Return(c)
-		return false
-	}
-	if r != nil {
-		r.outstanding.Add(1)
-	}
-	hr.second, hr.secondPool, hr.secondReplica = c, p, r
-	c.SetSink(hedgeSink{s})
-	for _, f := range hr.frames {
-		c.Write(f)
-	}
-	c.Flush()
-	return true
+// hedgeTarget is a backend a hedge may go to.
+type hedgeTarget struct {
+	pool    *pool.Pool
+	replica *replica // nil for the primary
 }
 
-// hedgeBackend takes an idle connection for the hedge: from another replica that may take
-// reads, else from the primary. It never waits: a hedge that has to queue for a connection
-// comes too late to help, and would take the connection from a unit that needs it.
-func (s *session) hedgeBackend() (*pool.Conn, *pool.Pool, *replica) {
-	var buf [8]*replica
-	eligible := buf[:0]
+// hedgeTargets lists where the hedge may go, best first: another replica that may take reads,
+// chosen by the power of two choices, then the primary.
+func (s *session) hedgeTargets(buf []hedgeTarget) []hedgeTarget {
+	var rbuf [8]*replica
+	eligible := rbuf[:0]
 	exclude := -1
 	for _, r := range s.db.replicas {
 		if !r.lagOK.Load() || s.srv.backendPool(s.db, s.user, r.index).BreakerState() == "open" {
@@ -203,15 +191,114 @@ func (s *session) hedgeBackend() (*pool.Conn, *pool.Pool, *replica) {
 	pick := s.db.reads.hedging.balancer.Pick(len(eligible), func(i int) int { return int(eligible[i].outstanding.Load()) }, exclude)
 	if pick >= 0 {
 		r := eligible[pick]
-		p := s.srv.backendPool(s.db, s.user, r.index)
-		if c := s.tryBackend(p); c != nil {
-			return c, p, r
+		buf = append(buf, hedgeTarget{s.srv.backendPool(s.db, s.user, r.index), r})
+	}
+	if s.replica != nil { // a hedge of a read on the primary would only go back there
+		buf = append(buf, hedgeTarget{s.primary, nil})
+	}
+	return buf
+}
+
+// sendHedge sends the unit to a second backend, within the budget: on an idle connection of
+// the first target that has one, else on one opened for it where a pool has room. It never
+// waits behind other lenders: a hedge that has to queue for a connection comes too late to
+// help, and would take the connection from a unit that needs it. A hedge with no connection
+// at hand is counted as skipped.
+func (s *session) sendHedge(hr *hedgeRace) {
+	if hr.second != nil || hr.pending != nil {
+		return
+	}
+	if hr.h.budget.Tokens() < 1 {
+		hr.h.budget.TryHedge() // refused: counts the denial
+		return
+	}
+	var buf [2]hedgeTarget
+	targets := s.hedgeTargets(buf[:0])
+	for _, t := range targets {
+		if c := s.tryBackend(t.pool); c != nil {
+			s.launchHedge(hr, c, t)
+			return
 		}
 	}
-	if c := s.tryBackend(s.primary); c != nil {
-		return c, s.primary, nil
+	for _, t := range targets {
+		c, withdraw := t.pool.TryAcquireOrOpen(s.io.Loop(), s.handOver(func(c *pool.Conn, err error) {
+			s.hedgeReady(hr, t, c, err)
+		}))
+		if c != nil {
+			if settingsReady(c, s.desired) {
+				s.launchHedge(hr, c, t)
+				return
+			}
+			t.pool.Return(c)
+			continue
+		}
+		if withdraw != nil {
+			hr.pending = withdraw
+			return
+		}
 	}
-	return nil, nil, nil
+	hr.h.stats.Skipped.Add(1)
+}
+
+// handOver wraps a pool's deliver func so that f runs on the session's loop; a connection the
+// session can no longer take goes back.
+func (s *session) handOver(f func(*pool.Conn, error)) func(*pool.Conn, error) {
+	run := func(c *pool.Conn, err error) {
+		if !s.io.Exec(func() { f(c, err) }) && c != nil {
+			c.Pool().Return(c) // the client left while waiting; the connection is untouched
+		}
+	}
+	return func(c *pool.Conn, err error) {
+		if !loop.OnLoop() {
+			// Exec would wait for the client's loop here, and whoever gave the connection back
+			// may hold a lock that loop needs (a drainer's): never wait on the giver's goroutine.
+			go run(c, err)
+			return
+		}
+		run(c, err)
+	}
+}
+
+// hedgeReady is the connection opened for a hedge: the hedge goes out on it if the race still
+// waits for one, else it goes back to the pool, which it has grown.
+func (s *session) hedgeReady(hr *hedgeRace, t hedgeTarget, c *pool.Conn, err error) {
+	if s.hedge != hr || hr.pending == nil {
+		if c != nil {
+			t.pool.Return(c)
+		}
+		return
+	}
+	hr.pending = nil
+	switch {
+	case err != nil:
+		hr.h.stats.Skipped.Add(1)
+	case s.state == stClosed || !settingsReady(c, s.desired):
+		t.pool.Return(c)
+		hr.h.stats.Skipped.Add(1)
+	default:
+		s.launchHedge(hr, c, t)
+	}
+}
+
+// launchHedge sends the unit on c as the race's second attempt, if the budget allows.
+func (s *session) launchHedge(hr *hedgeRace, c *pool.Conn, t hedgeTarget) {
+	if !hr.h.budget.TryHedge() {
+		t.pool.Return(c)
+		return
+	}
+	if _, ok := hr.race.Hedge(); !ok {
+		t.pool.Return(c)
+		return
+	}
+	if t.replica != nil {
+		t.replica.outstanding.Add(1)
+	}
+	hr.second, hr.secondPool, hr.secondReplica = c, t.pool, t.replica
+	c.SetSink(hedgeSink{s})
+	for _, q := range hr.unit {
+		c.Write(q.raw)
+	}
+	c.Flush()
 }
 
 // tryBackend takes an idle connection of p that already has the client's settings.
@@ -240,10 +327,19 @@ func settingsReady(c *pool.Conn, want map[string]string) bool {
 	return true
 }
 
+// endRace stops what a race no longer needs: its timer and a connection being opened for it.
+func (hr *hedgeRace) endRace() {
+	hr.stop()
+	if hr.pending != nil {
+		hr.pending()
+		hr.pending = nil
+	}
+}
+
 // raceFirst is the first response of the first backend: it wins unless it failed first.
 func (s *session) raceFirst(hr *hedgeRace) {
 	s.hedge = nil
-	hr.stop()
+	hr.endRace()
 	won, losers := hr.race.FirstFrame(0)
 	if !won {
 		return
@@ -262,6 +358,14 @@ func (s *session) hedgeData(c *pool.Conn, b []byte) {
 		s.backendData(c, b) // it won already, or lost: backendData routes it
 		return
 	}
+	if code := hedgeableFatal(b); code != "" {
+		// The hedge's backend is going away (shut down, restarting): the original still runs.
+		hr.race.Failed(1, true, code)
+		s.dropHedge(hr)
+		c.SetSink(discardSink{})
+		c.Pool().DiscardFailed(c)
+		return
+	}
 	won, losers := hr.race.FirstFrame(1)
 	if !won {
 		return
@@ -274,10 +378,44 @@ func (s *session) hedgeData(c *pool.Conn, b []byte) {
 	s.backendData(c, b)
 }
 
+// firstData is the first response of the session's backend to a unit in a race. It reports
+// false when that response is a FATAL error of the backend's own, such as 57P01 (the server
+// shuts down) or 57P03 (it cannot take connections now), which ends the connection before
+// anything of the answer: then, as for a connection that broke, the read goes elsewhere and
+// the client never sees the error.
+func (s *session) firstData(hr *hedgeRace, c *pool.Conn, b []byte) bool {
+	code := hedgeableFatal(b)
+	if code == "" {
+		s.raceFirst(hr)
+		return true
+	}
+	c.SetSink(discardSink{})
+	s.firstFailed(hr, code)
+	c.Pool().DiscardFailed(c)
+	return false
+}
+
+// hedgeableFatal returns the SQLSTATE of b if b starts with a whole ErrorResponse of severity
+// FATAL or PANIC whose code says the backend, not the query, failed (hedge.Hedgeable); else "".
+func hedgeableFatal(b []byte) string {
+	if len(b) < 5 || b[0] != 'E' {
+		return ""
+	}
+	n := int(binary.BigEndian.Uint32(b[1:5]))
+	if n < 4 || len(b) < 1+n {
+		return "" // a split ErrorResponse is left to the ordinary path
+	}
+	severity, code, _, err := wire.ErrorFields(b[5 : 1+n])
+	if err != nil || !(string(severity) == "FATAL" || string(severity) == "PANIC") || !hedge.Hedgeable(string(code)) {
+		return ""
+	}
+	return string(code)
+}
+
 // promoteHedge makes the hedge the session's backend, draining the original if it still runs.
 func (s *session) promoteHedge(hr *hedgeRace, drainFirst bool) {
 	s.hedge = nil
-	hr.stop()
+	hr.endRace()
 	old, oldPool := s.be, s.pool
 	c := hr.second
 	s.be = c
@@ -292,14 +430,19 @@ func (s *session) promoteHedge(hr *hedgeRace, drainFirst bool) {
 	}
 }
 
-// loseHedge hands the hedge's backend, which lost, to a drainer.
-func (s *session) loseHedge(hr *hedgeRace) {
-	c := hr.second
+// dropHedge forgets the hedge's backend, which failed.
+func (s *session) dropHedge(hr *hedgeRace) {
 	hr.second = nil
 	if hr.secondReplica != nil {
 		hr.secondReplica.outstanding.Add(-1)
 	}
-	s.drainLoser(c, hr.secondPool, hr.owed)
+}
+
+// loseHedge hands the hedge's backend, which lost, to a drainer.
+func (s *session) loseHedge(hr *hedgeRace) {
+	c, p := hr.second, hr.secondPool
+	s.dropHedge(hr)
+	s.drainLoser(c, p, hr.owed)
 }
 
 // abortHedge ends the race without a winner: the client left or cancelled its query.
@@ -309,7 +452,7 @@ func (s *session) abortHedge() {
 		return
 	}
 	s.hedge = nil
-	hr.stop()
+	hr.endRace()
 	if cancelled := hr.race.Abort("57014"); len(cancelled) > 0 {
 		hr.h.stats.Cancelled.Add(uint64(len(cancelled)))
 	}
@@ -319,32 +462,81 @@ func (s *session) abortHedge() {
 }
 
 // hedgeClosed handles a backend of the race that closed before answering. It reports whether
-// the session still has a backend serving the unit.
+// the session still has a backend serving the unit, or is getting one.
 func (s *session) hedgeClosed(hr *hedgeRace, c *pool.Conn) bool {
 	if c == hr.second {
 		hr.race.Failed(1, true, "08006")
-		hr.second = nil
-		if hr.secondReplica != nil {
-			hr.secondReplica.outstanding.Add(-1)
-		}
+		s.dropHedge(hr)
 		return true // the original still runs
 	}
 	if c != s.be {
 		return false
 	}
-	// Nothing of the answer reached the client: the read is still safe to send elsewhere.
-	if hr.race.Failed(0, true, "08006") && !s.sendHedge(hr) {
-		hr.race.Abort("")
-	}
-	if hr.second == nil {
-		s.hedge = nil
-		hr.stop()
-		return false
-	}
-	hr.h.stats.WonByHedge.Add(1)
-	s.promoteHedge(hr, false)
+	s.firstFailed(hr, "08006")
 	return true
 }
+
+// firstFailed handles the first attempt's backend failing (closed, or a FATAL of the backend's
+// own) before any byte of the answer: the session stops using it, and the hedge, if it runs,
+// serves the read; else the read is sent again, to another backend. The caller closes it.
+func (s *session) firstFailed(hr *hedgeRace, code string) {
+	hr.race.Failed(0, true, code)
+	if hr.second != nil {
+		hr.h.stats.WonByHedge.Add(1)
+		s.promoteHedge(hr, false)
+		return
+	}
+	s.hedge = nil
+	hr.endRace()
+	hr.race.Abort("")
+	s.retryRead(hr)
+}
+
+// retryRead sends a read again whose first attempt's connection failed before any byte of the
+// answer reached the client: to another replica that may take reads, else to the primary. It
+// is the same unit, queued again ahead of anything the client sent since; it waits for a
+// connection as any unit does, and is neither hedged nor retried again. A retry replaces a
+// request that did nothing, so it takes no hedge budget.
+func (s *session) retryRead(hr *hedgeRace) {
+	failed := s.replica
+	s.be = nil
+	s.flushBe.Store(nil)
+	s.slots = slotQueue{}
+	s.unsynced, s.fwd, s.heldBack = false, false, false
+	n := 0
+	for _, q := range hr.unit {
+		n += len(q.raw)
+	}
+	s.queued = append(append([]queuedFrame(nil), hr.unit...), s.queued...)
+	s.queuedBytes += n
+	hr.h.stats.Retried.Add(1)
+	s.leaveReplica()
+	var buf [2]hedgeTarget
+	for _, t := range s.hedgeTargetsExcluding(buf[:0], failed) {
+		if t.replica != nil {
+			t.replica.outstanding.Add(1)
+			s.replica, s.pool = t.replica, t.pool
+		}
+		break
+	}
+	s.routed = len(hr.unit)
+	s.retrying = true
+	s.acquireFrom(s.pool)
+}
+
+// hedgeTargetsExcluding is hedgeTargets for a read whose replica was r.
+func (s *session) hedgeTargetsExcluding(buf []hedgeTarget, r *replica) []hedgeTarget {
+	cur := s.replica
+	s.replica = r
+	defer func() { s.replica = cur }()
+	return s.hedgeTargets(buf)
+}
+
+// discardSink takes what a connection the gateway is closing still sends.
+type discardSink struct{}
+
+func (discardSink) BackendData(*pool.Conn, []byte)  {}
+func (discardSink) BackendClosed(*pool.Conn, error) {}
 
 // recancelEvery is how long a loser has to answer a cancel before it gets another.
 const recancelEvery = 100 * time.Millisecond
@@ -412,4 +604,45 @@ func (h hedgeSink) BackendData(c *pool.Conn, data []byte) {
 
 func (h hedgeSink) BackendClosed(c *pool.Conn, err error) {
 	h.s.io.Exec(func() { h.s.backendClosed(c, err) })
+}
+
+// Hedging metrics, per database with hedged reads on, read from hedge.Stats at scrape time.
+var (
+	hedgeLabels     = []string{"database"}
+	descHedgeReads  = prometheus.NewDesc("asyncgate_hedge_reads_total", "Reads sent to a replica that could have been hedged.", hedgeLabels, nil)
+	descHedgesSent  = prometheus.NewDesc("asyncgate_hedges_total", "Hedges sent: reads sent to a second backend after the hedge delay.", hedgeLabels, nil)
+	descHedgesWon   = prometheus.NewDesc("asyncgate_hedges_won_total", "Hedged reads the hedge answered first.", hedgeLabels, nil)
+	descHedgeCancel = prometheus.NewDesc("asyncgate_hedge_attempts_cancelled_total", "Attempts of hedged reads cancelled: another answered first, or the client went.", hedgeLabels, nil)
+	descHedgeDenied = prometheus.NewDesc("asyncgate_hedges_denied_total", "Hedges the budget refused (--hedge-budget).", hedgeLabels, nil)
+	descHedgeSkip   = prometheus.NewDesc("asyncgate_hedges_skipped_total",
+		"Hedges due that found no connection: none idle on the chosen backend or the primary, and no pool with room to open one.", hedgeLabels, nil)
+	descHedgeRetry = prometheus.NewDesc("asyncgate_hedge_retries_total",
+		"Reads sent again because their first backend failed (a broken connection, or a FATAL such as 57P01) before any byte reached the client.", hedgeLabels, nil)
+	descHedgeDelay = prometheus.NewDesc("asyncgate_hedge_delay_seconds", "The hedge delay in force (--hedge-delay).", hedgeLabels, nil)
+)
+
+// hedgeCollector exports every database's hedge counters.
+type hedgeCollector struct{ s *Server }
+
+func (c hedgeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descHedgeReads, descHedgesSent, descHedgesWon, descHedgeCancel,
+		descHedgeDenied, descHedgeSkip, descHedgeRetry, descHedgeDelay} {
+		ch <- d
+	}
+}
+
+func (c hedgeCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, db := range c.s.dbs {
+		h := db.reads.hedging
+		if h == nil {
+			continue
+		}
+		st := h.stats.Snapshot()
+		for d, v := range map[*prometheus.Desc]uint64{descHedgeReads: st.Sent, descHedgesSent: st.Hedged,
+			descHedgesWon: st.WonByHedge, descHedgeCancel: st.Cancelled, descHedgeDenied: st.Denied,
+			descHedgeSkip: st.Skipped, descHedgeRetry: st.Retried} {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), name)
+		}
+		ch <- prometheus.MustNewConstMetric(descHedgeDelay, prometheus.GaugeValue, h.delay.Current().Seconds(), name)
+	}
 }

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"fmt"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/asyncgate/asyncgate/hedge"
 	"github.com/asyncgate/asyncgate/internal/faultproxy"
 	"github.com/asyncgate/asyncgate/internal/pgtest"
+	"github.com/asyncgate/asyncgate/pool"
 )
 
 // hedged is a gateway whose one replica sits behind a fault proxy, so that it can be made slow
@@ -308,7 +310,7 @@ func TestHedgeNeverWritesTransactionsPinned(t *testing.T) {
 	}
 }
 
-// A first attempt whose connection breaks before any byte reached the client is hedged at once.
+// A first attempt whose connection breaks before any byte reached the client is sent again at once.
 func TestHedgeFirstAttemptReset(t *testing.T) {
 	h := startHedging(t, func(cfg *gateway.Config) {
 		cfg.HedgeDelay = time.Minute // only the failure may send the hedge
@@ -344,7 +346,155 @@ func TestHedgeFirstAttemptReset(t *testing.T) {
 	case <-time.After(waitLimit):
 		t.Fatal("no answer after the first attempt's connection was reset")
 	}
-	if st := h.srv.HedgeStats(testDatabase); st.Hedged != before.Hedged+1 {
-		t.Errorf("hedges %d → %d: want one, at once", before.Hedged, st.Hedged)
+	if st := h.srv.HedgeStats(testDatabase); st.Retried != before.Retried+1 || st.Hedged != before.Hedged {
+		t.Errorf("stats %+v → %+v: want one retry, at once, and no hedge", before, st)
+	}
+}
+
+// slowReadSQL sleeps on a replica only, so that a hedge to the primary answers at once.
+func slowReadSQL(tag string) string {
+	return fmt.Sprintf("SELECT pg_sleep(CASE WHEN pg_is_in_recovery() THEN 5 ELSE 0 END), '%s', pg_is_in_recovery()", tag)
+}
+
+// primaryPool is the gateway's pool for the primary.
+func (h *hedged) primaryPool(t *testing.T) *pool.Pool {
+	t.Helper()
+	for _, p := range h.srv.Pools() {
+		if !strings.Contains(p.Name(), "replica") {
+			return p
+		}
+	}
+	t.Fatal("no primary pool")
+	return nil
+}
+
+// A hedge that finds no idle connection opens one where the pool has room, and is counted as
+// skipped only when no pool has any.
+func TestHedgeOpensOrSkips(t *testing.T) {
+	const size = 3
+	h := startHedging(t, func(cfg *gateway.Config) {
+		cfg.PoolSize, cfg.MinPoolSize = size, 0
+		cfg.HedgeDelay = 30 * time.Millisecond
+	})
+	ctx := ctxT(t)
+	conn := h.connect(t)
+	h.warm(t, conn)
+	primary := h.primaryPool(t)
+	// hold takes the primary's idle connections with open transactions until none is idle and
+	// at least want are open, and reports how many are.
+	hold := func(want int) int {
+		for {
+			st := primary.Stats()
+			if st.Idle == 0 && st.Open+st.Connecting >= want {
+				return st.Open + st.Connecting
+			}
+			c := h.connect(t)
+			if _, err := c.Exec(ctx, "BEGIN; CREATE TEMP TABLE IF NOT EXISTS x (i int) ON COMMIT DROP", pgx.QueryExecModeSimpleProtocol); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	read := func(tag string) (rec bool, took time.Duration) {
+		start := time.Now()
+		var out string
+		if err := conn.QueryRow(ctx, slowReadSQL(tag), pgx.QueryExecModeSimpleProtocol).Scan(nil, &out, &rec); err != nil || out != tag {
+			t.Fatalf("%s: %q, %v", tag, out, err)
+		}
+		return rec, time.Since(start)
+	}
+	h.px.Set(faultproxy.Faults{Delay: 300 * time.Millisecond})
+	if open := hold(0); open >= size {
+		t.Fatalf("the primary's pool is full (%d open) before the first hedge: the test needs room", open)
+	}
+	before := h.srv.HedgeStats(testDatabase)
+	if rec, took := read("hedge_opens"); rec || took > 250*time.Millisecond {
+		t.Errorf("with room in the primary's pool: answered in %s, by a replica %v; want the primary's answer well before the replica's 300 ms", took, rec)
+	}
+	st := h.srv.HedgeStats(testDatabase)
+	if st.Hedged != before.Hedged+1 || st.Skipped != before.Skipped {
+		t.Errorf("stats %+v → %+v: want one hedge, none skipped", before, st)
+	}
+	hold(size)
+	if rec, took := read("hedge_skipped"); !rec || took < 300*time.Millisecond {
+		t.Errorf("with the primary's pool full: answered in %s, by a replica %v; want the replica's late answer", took, rec)
+	}
+	after := h.srv.HedgeStats(testDatabase)
+	if after.Skipped != st.Skipped+1 || after.Hedged != st.Hedged {
+		t.Errorf("stats %+v → %+v: want one hedge skipped, none sent", st, after)
+	}
+	hs := httptest.NewServer(h.srv.MetricsHandler())
+	defer hs.Close()
+	m := scrape(t, hs.URL)
+	for name, want := range map[string]uint64{"asyncgate_hedges_skipped_total": after.Skipped, "asyncgate_hedges_total": after.Hedged,
+		"asyncgate_hedge_reads_total": after.Sent} {
+		if key := name + `{database="` + testDatabase + `"}`; m[key] != float64(want) {
+			t.Errorf("%s = %v, want %d", key, m[key], want)
+		}
+	}
+}
+
+// A read whose replica ends its connection with a FATAL of its own (here 57P01, the backend
+// terminated by an administrator) before any byte of the answer is sent again, and the client
+// gets the answer, not the error.
+func TestHedgeFatalFirstReply(t *testing.T) {
+	h := startHedging(t, func(cfg *gateway.Config) {
+		cfg.HedgeDelay = time.Minute // only the failure may send the read elsewhere
+		cfg.BreakerFailures = 0
+	})
+	ctx := ctxT(t)
+	if err := h.primary.Exec(ctx, "CREATE TABLE IF NOT EXISTS hedge_fatal_t (i int)"); err != nil {
+		t.Fatal(err)
+	}
+	conn := h.connect(t)
+	h.warm(t, conn)
+	before := h.srv.HedgeStats(testDatabase)
+	for i, mode := range hedgeModes {
+		// A lock taken on the primary is replayed on the replica, where the read then waits
+		// for it before it can send anything: a FATAL is its first reply.
+		locker, err := h.primary.Connect(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := locker.Exec(ctx, "BEGIN; LOCK TABLE hedge_fatal_t IN ACCESS EXCLUSIVE MODE").ReadAll(); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.replica.WaitReplay(ctx); err != nil {
+			t.Fatal(err)
+		}
+		tag := fmt.Sprintf("hedge_fatal_%d", i)
+		type result struct {
+			rec bool
+			err error
+		}
+		done := make(chan result, 1)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		defer wg.Wait() // before the harness closes conn, if the test fails
+		go func() {
+			defer wg.Done()
+			var r result
+			r.err = conn.QueryRow(ctx, fmt.Sprintf("SELECT count(*), '%s', pg_is_in_recovery() FROM hedge_fatal_t", tag), mode).Scan(nil, nil, &r.rec)
+			done <- r
+		}()
+		eventually(t, "the read waits on the replica", func() bool { return h.activeOnReplica(t, tag) > 0 })
+		if _, err := h.replica.QueryValue(ctx, fmt.Sprintf(
+			"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%%%s%%' AND pid <> pg_backend_pid()", tag)); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the read is sent again", func() bool {
+			return h.srv.HedgeStats(testDatabase).Retried == before.Retried+uint64(i)+1
+		})
+		locker.Close(ctx) // the retry, on the primary, waited for the lock too
+		select {
+		case r := <-done:
+			if r.err != nil || r.rec {
+				t.Fatalf("read %d after its replica backend was terminated: in recovery %v, err %v; want the primary's answer", i, r.rec, r.err)
+			}
+		case <-time.After(waitLimit):
+			t.Fatalf("read %d: no answer after its replica backend was terminated", i)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("the client after the retries: %v", err)
 	}
 }

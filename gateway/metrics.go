@@ -28,6 +28,7 @@ func (s *Server) MetricsHandler() http.Handler {
 		s.metrics.queueWait, s.metrics.backend, s.metrics.total, s.metrics.errors,
 		s.batchMetrics,
 		admissionCollector{s: s},
+		hedgeCollector{s: s},
 	)
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

@@ -103,8 +103,8 @@ func (s *session) backendData(c *pool.Conn, b []byte) {
 		strayData(c, b)
 		return
 	}
-	if hr := s.hedge; hr != nil {
-		s.raceFirst(hr)
+	if hr := s.hedge; hr != nil && !s.firstData(hr, c, b) {
+		return
 	}
 	s.inEvent = true
 	err := c.Frames.Feed(b, s.backendFrame)

@@ -98,7 +98,8 @@ type session struct {
 	unitWrites bool      // the unit may write: reads stay on the primary for a while after it
 	lastWrite  time.Time // when the client's last such unit on the primary ended
 
-	hedge *hedgeRace // the routed read in flight while it may still be hedged (--hedge)
+	hedge    *hedgeRace // the routed read in flight while it may still be hedged (--hedge)
+	retrying bool       // the unit being acquired for is a read sent again after its backend failed
 
 	// Batching (--batch): the unit in a batcher's pipeline, nil when none.
 	batchOK  bool // the client's database and user have batching on, and the pool mode allows it
@@ -612,9 +613,10 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 		s.internalQuery(set)
 	}
 	var hr *hedgeRace
-	if set == "" && s.replica != nil {
+	if set == "" && s.replica != nil && !s.retrying {
 		hr = s.prepareHedge()
 	}
+	s.retrying = false
 	s.sendQueued()
 	if hr != nil {
 		s.startHedge(hr, c)

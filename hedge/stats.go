@@ -10,12 +10,19 @@ type Stats struct {
 	WonByHedge atomic.Uint64 // races the hedge won
 	Cancelled  atomic.Uint64 // attempts cancelled because another won or the request ended
 	Denied     atomic.Uint64 // hedges the budget refused
+	// Skipped counts hedges due that found no connection at hand: nothing idle on the backend
+	// chosen for it nor on the primary, and no room to open one.
+	Skipped atomic.Uint64
+	// Retried counts reads sent again because their first attempt's connection failed before
+	// any byte reached the client. A retry replaces a request that did nothing, so it takes no
+	// budget; it is not counted in Hedged.
+	Retried atomic.Uint64
 }
 
 // StatsSnapshot is a copy of Stats at one moment (each counter read atomically, not all of
 // them together).
 type StatsSnapshot struct {
-	Sent, Hedged, WonByHedge, Cancelled, Denied uint64
+	Sent, Hedged, WonByHedge, Cancelled, Denied, Skipped, Retried uint64
 }
 
 // Snapshot reads the counters.
@@ -26,6 +33,8 @@ func (s *Stats) Snapshot() StatsSnapshot {
 		WonByHedge: s.WonByHedge.Load(),
 		Cancelled:  s.Cancelled.Load(),
 		Denied:     s.Denied.Load(),
+		Skipped:    s.Skipped.Load(),
+		Retried:    s.Retried.Load(),
 	}
 }
 

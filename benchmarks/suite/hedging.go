@@ -39,6 +39,7 @@ const (
 type hedgeCount struct {
 	Delay                                       string // --hedge-delay
 	Sent, Hedged, WonByHedge, Cancelled, Denied int64
+	Skipped, Retried                            int64 // columns a gateway older than them lacks: 0
 }
 
 // perRequest is backend requests per hedgeable read: the read itself plus its hedges.
@@ -46,7 +47,7 @@ func (h *hedgeCount) perRequest() float64 {
 	if h == nil || h.Sent == 0 {
 		return 1
 	}
-	return 1 + float64(h.Hedged)/float64(h.Sent)
+	return 1 + float64(h.Hedged+h.Retried)/float64(h.Sent)
 }
 
 // hedgeVariant is one asyncgate of the case: hedging off, or on with a --hedge-delay.
@@ -77,7 +78,11 @@ func (s *suite) runHedging(ctx context.Context, c benchCase, res *caseResult) (e
 		}
 	}()
 	for i, r := range s.cluster.replicas {
-		px, err := faultproxy.Start(r)
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		px, err := faultproxy.Listen(fmt.Sprintf("127.0.0.1:%d", port), r)
 		if err != nil {
 			return fmt.Errorf("fault proxy for %s: %w", r, err)
 		}
@@ -158,7 +163,8 @@ func (s *suite) runHedging(ctx context.Context, c benchCase, res *caseResult) (e
 		}
 		b := before[v.name]
 		res.Hedges[v.name] = &hedgeCount{Delay: v.delay, Sent: after.Sent - b.Sent, Hedged: after.Hedged - b.Hedged,
-			WonByHedge: after.WonByHedge - b.WonByHedge, Cancelled: after.Cancelled - b.Cancelled, Denied: after.Denied - b.Denied}
+			WonByHedge: after.WonByHedge - b.WonByHedge, Cancelled: after.Cancelled - b.Cancelled, Denied: after.Denied - b.Denied,
+			Skipped: after.Skipped - b.Skipped, Retried: after.Retried - b.Retried}
 	}
 
 	rep, err := readReport(jsonPath)
@@ -305,8 +311,12 @@ func parseHedges(fields []pgconn.FieldDescription, rows [][][]byte) (*hedgeCount
 		}
 		h := &hedgeCount{}
 		for name, dst := range map[string]*int64{"sent": &h.Sent, "hedged": &h.Hedged,
-			"won_by_hedge": &h.WonByHedge, "cancelled": &h.Cancelled, "denied": &h.Denied} {
+			"won_by_hedge": &h.WonByHedge, "cancelled": &h.Cancelled, "denied": &h.Denied,
+			"skipped": &h.Skipped, "retried": &h.Retried} {
 			i, ok := col[name]
+			if !ok && (name == "skipped" || name == "retried") {
+				continue
+			}
 			if !ok {
 				return nil, fmt.Errorf("SHOW HEDGES: no column %s", name)
 			}
@@ -346,16 +356,16 @@ func writeHedgeTables(b *strings.Builder, r *caseResult) {
 	rep := r.Report
 	off := rep.Target(nameHedgeOff)
 	p("| target | hedge delay | tps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | p99 / hedging off | " +
-		"backend requests per client request | hedgeable reads | hedged | won by hedge | denied | CPU µs/txn | errors |\n")
-	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+		"backend requests per client request | hedgeable reads | hedged | won by hedge | denied | skipped | CPU µs/txn | errors |\n")
+	p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, t := range rep.Targets {
-		delay, reads, hedged, won, denied := "off", "–", "–", "–", "–"
+		delay, reads, hedged, won, denied, skipped := "off", "–", "–", "–", "–", "–"
 		h := r.Hedges[t.Name]
 		switch {
 		case h != nil:
 			delay = h.Delay
 			reads, hedged = fmt.Sprint(h.Sent), fmt.Sprint(h.Hedged)
-			won, denied = fmt.Sprint(h.WonByHedge), fmt.Sprint(h.Denied)
+			won, denied, skipped = fmt.Sprint(h.WonByHedge), fmt.Sprint(h.Denied), fmt.Sprint(h.Skipped)
 		case t.Name == namePgBRep:
 			delay = "– (one replica)"
 		}
@@ -371,10 +381,10 @@ func writeHedgeTables(b *strings.Builder, r *caseResult) {
 		if n := sum(t.Connect.Errors); n > 0 {
 			errs += fmt.Sprintf(" (+%d at connect)", n)
 		}
-		p("| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %.3f | %s | %s | %s | %s | %s | %s |\n",
+		p("| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %.3f | %s | %s | %s | %s | %s | %s | %s |\n",
 			t.Name, delay, t.TPS, benchmarks.FormatMs(t.Latency.P50), benchmarks.FormatMs(t.Latency.P90),
 			benchmarks.FormatMs(t.Latency.P99), benchmarks.FormatMs(t.Latency.P999), benchmarks.FormatMs(t.Latency.Max),
-			vsOff, h.perRequest(), reads, hedged, won, denied, cpu, errs)
+			vsOff, h.perRequest(), reads, hedged, won, denied, skipped, cpu, errs)
 	}
 	p("\n")
 	if v, ok := hedgeResult(r); ok {
@@ -386,7 +396,7 @@ func writeHedgeTables(b *strings.Builder, r *caseResult) {
 			"Bar: p99 ratio at most %.2f for at most %.0f%% extra requests: %s.\n\n",
 			v.P99Ratio, v.P999Ratio, v.Extra*100, barP99Ratio, barExtra*100, verdict)
 	}
-	p("Backend requests per client request: 1 + hedged / hedgeable reads from asyncgate's `SHOW HEDGES` " +
+	p("Backend requests per client request: 1 + (hedged + retried) / hedgeable reads from asyncgate's `SHOW HEDGES` " +
 		"(counted over the whole load run, its connection checks included); 1 for hedging off and PgBouncer, " +
 		"which send each request once. A race's loser is cancelled, so an extra request costs less than a whole read.\n\n")
 	for _, t := range rep.Targets {

@@ -120,6 +120,19 @@ var cases = []benchCase{
 	},
 }
 
+// withClients returns c run with n clients instead of its own -c.
+func (c benchCase) withClients(n int) benchCase {
+	bench := slices.Clone(c.Bench)
+	for i := 0; i+1 < len(bench); i++ {
+		if bench[i] == "-c" {
+			c.Title = strings.Replace(c.Title, bench[i+1]+" clients", strconv.Itoa(n)+" clients", 1)
+			bench[i+1] = strconv.Itoa(n)
+		}
+	}
+	c.Bench = bench
+	return c
+}
+
 func main() {
 	var opts options
 	flag.BoolVar(&opts.Quick, "quick", false, "short durations and fewer idle clients (make bench-quick)")
@@ -147,6 +160,7 @@ func main() {
 		}
 		return nil
 	})
+	flag.IntVar(&opts.HedgeClients, "hedge-clients", 0, "clients of the hedging case (default 20): fewer than saturate the machine's cores")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench-suite: unexpected arguments %q\n", flag.Args())
@@ -169,6 +183,8 @@ type options struct {
 	Name        string
 	Cases       string
 	HedgeDelays []time.Duration
+	// HedgeClients, when positive, replaces the hedging case's client count.
+	HedgeClients int
 }
 
 // selectCases returns the cases list names (all for an empty list): by slug or by the number
@@ -220,6 +236,13 @@ func run(ctx context.Context, opts options) (err error) {
 	selected, err := selectCases(opts.Cases)
 	if err != nil {
 		return err
+	}
+	if opts.HedgeClients > 0 {
+		for i, c := range selected {
+			if c.Hedging {
+				selected[i] = c.withClients(opts.HedgeClients)
+			}
+		}
 	}
 	s := &suite{prof: prof, bin: opts.Bin, results: opts.Results, base: base, host: host, started: start,
 		hedgeDelays: opts.HedgeDelays}

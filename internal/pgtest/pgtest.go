@@ -359,6 +359,29 @@ func (c *Cluster) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Kill shuts c's server down at once, as `pg_ctl stop -m immediate` does (SIGQUIT): its
+// backends end their connections without finishing what they run. c keeps its directory and
+// port, for Restart. A replica's primary keeps running.
+func (c *Cluster) Kill() {
+	if p := c.proc; p != nil {
+		p.stop(10 * time.Second)
+	}
+}
+
+// Restart starts c's server again after Kill, on the same port, and waits until it is ready
+// (a replica: in recovery again).
+func (c *Cluster) Restart(ctx context.Context) error {
+	if c.isStopped() {
+		return errors.New("pgtest: Restart: cluster is stopped")
+	}
+	if p := c.proc; p != nil && !p.exited() {
+		return errors.New("pgtest: Restart: server is running")
+	}
+	ctx, cancel := withDefaultTimeout(ctx, c.opts.StartTimeout)
+	defer cancel()
+	return c.startOnce(ctx)
+}
+
 func (c *Cluster) isStopped() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
