@@ -730,15 +730,17 @@ func (s *Server) showQueues() *adminTable {
 // showHedges has a row per database with hedged reads on, from HedgeStats: reads that could
 // have been hedged, hedges sent, races the hedge won, attempts cancelled, hedges the budget
 // refused, hedges skipped for want of a connection, reads retried after their first attempt's
-// connection failed. Backend requests per hedgeable read are 1 + (hedged + retried)/sent.
+// connection failed, and the hedge delay in force, in microseconds. Backend requests per
+// hedgeable read are 1 + (hedged + retried)/sent.
 func (s *Server) showHedges() *adminTable {
-	t := &adminTable{cols: cols("database", "#sent", "#hedged", "#won_by_hedge", "#cancelled", "#denied", "#skipped", "#retried")}
+	t := &adminTable{cols: cols("database", "#sent", "#hedged", "#won_by_hedge", "#cancelled", "#denied", "#skipped", "#retried", "#delay_us")}
 	for _, name := range slices.Sorted(maps.Keys(s.dbs)) {
 		if s.dbs[name].reads.hedging == nil {
 			continue
 		}
 		st := s.HedgeStats(name)
-		t.rows = append(t.rows, []any{name, st.Sent, st.Hedged, st.WonByHedge, st.Cancelled, st.Denied, st.Skipped, st.Retried})
+		t.rows = append(t.rows, []any{name, st.Sent, st.Hedged, st.WonByHedge, st.Cancelled, st.Denied, st.Skipped, st.Retried,
+			s.dbs[name].reads.hedging.delay.Current().Microseconds()})
 	}
 	return t
 }

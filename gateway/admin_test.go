@@ -101,7 +101,7 @@ func TestAdminShowColumns(t *testing.T) {
 		"VERSION":        "version",
 		"BREAKERS":       "pool backend state opens rejects",
 		"QUEUES":         "pool backend waiting",
-		"HEDGES":         "database sent hedged won_by_hedge cancelled denied skipped retried",
+		"HEDGES":         "database sent hedged won_by_hedge cancelled denied skipped retried delay_us",
 	}
 	for _, db := range []string{"pgbouncer", "asyncgate"} {
 		conn := g.adminConn(t, appUser, appPassword, db)
@@ -300,5 +300,8 @@ func TestAdminShowHedges(t *testing.T) {
 	}
 	if after.Sent < 30 || after.Hedged == 0 || after.WonByHedge == 0 {
 		t.Errorf("HedgeStats %+v: want 30 hedgeable reads, some hedged and won", after)
+	}
+	if got, ok := r["delay_us"].(int64); !ok || got != h.cfg.HedgeDelay.Microseconds() {
+		t.Errorf("SHOW HEDGES delay_us = %#v, want the fixed --hedge-delay %s", r["delay_us"], h.cfg.HedgeDelay)
 	}
 }

@@ -19,11 +19,13 @@ import (
 // brought back to ReadyForQuery by a drainer. The policy (delay, budget, choice of backend,
 // the race) is package hedge's; this file owns the sockets and the timer.
 //
-// Only units that can be replayed byte for byte on any backend are hedged: simple Queries and
-// extended-protocol groups on the unnamed statement, ending in Sync, each statement proven a
-// read. Groups using a named prepared statement are not hedged: the second backend might lack
-// the statement, and preparing it there first would put the gateway's own messages ahead of
-// the race. Neither are units of a client whose settings the second backend would need first.
+// Only units that mean the same on any backend are hedged: simple Queries and extended-protocol
+// groups ending in Sync, each statement proven a read. A group may bind and describe the
+// client's named prepared statements: they are sent under their backend names, prepared first
+// on a backend that lacks them (the gateway swallows that ParseComplete), and the hedge has
+// slots of its own, which replace the session's if it wins. A group that prepares or closes a
+// named statement is not hedged, nor a unit of a client whose settings the second backend
+// would need first.
 
 // hedging is one database's hedged reads, shared by its sessions.
 type hedging struct {
@@ -69,17 +71,23 @@ func (s *Server) HedgeStats(db string) hedge.StatsSnapshot {
 // hedgeRace is the session's read in flight while it may still be hedged: from when it is sent
 // to its replica until one backend's first response arrives (or the race ends otherwise).
 type hedgeRace struct {
-	h    *hedging
-	race hedge.Race
-	unit []queuedFrame // the unit's client frames, as sent to the first backend
-	owed int           // ReadyForQuery messages the unit owes: what a loser's drainer waits for
-	sent time.Time
-	stop func() bool // the hedge delay timer
+	h     *hedging
+	race  hedge.Race
+	unit  []queuedFrame // the unit's client frames, as the client sent them
+	stmts []*stmt       // per frame of unit, the named statement it binds or describes, or nil
+	owed  int           // ReadyForQuery messages the unit owes: what a loser's drainer waits for
+	sent  time.Time
+	stop  func() bool // the hedge delay timer
 
 	second        *pool.Conn // attempt 1, once sent
 	secondPool    *pool.Pool
 	secondReplica *replica    // nil for the primary
 	pending       func() bool // withdraws the connection being opened for the hedge
+	secondSlots   slotQueue   // what the hedge's backend owes, for the session if it wins
+
+	// A loser that was preparing a statement in the race is closed, not drained: a cancel
+	// may or may not have stopped the Parse, so its statement cache could not be trusted.
+	firstPrepares, secondPrepares bool
 }
 
 // prepareHedge reports whether the unit routed to the replica may be hedged and, if so, keeps
@@ -92,22 +100,60 @@ func (s *session) prepareHedge() *hedgeRace {
 		return nil
 	}
 	unit := s.queued[:s.routed]
-	for _, q := range unit {
-		if !q.whole || !replayable(q) {
+	var stmts []*stmt
+	for i, q := range unit {
+		if !q.whole {
 			return nil
 		}
+		if replayable(q) {
+			continue
+		}
+		st := s.boundStatement(q)
+		if st == nil {
+			return nil
+		}
+		if stmts == nil {
+			stmts = make([]*stmt, len(unit))
+		}
+		stmts[i] = st
 	}
 	if last := unit[len(unit)-1].typ; last != 'S' && last != 'Q' {
 		return nil // the client waits for a Flush's answers: more of the unit is to come
 	}
 	all := s.queued
 	s.queued = unit
-	stmts, complete := s.queuedStatements()
+	classes, complete := s.queuedStatements()
 	s.queued = all
-	if !complete || !allRead(stmts) {
+	if !complete || !allRead(classes) {
 		return nil // a read-only transaction, or a read-only client's unit: not provably one read
 	}
-	return &hedgeRace{h: h, unit: append([]queuedFrame(nil), unit...)}
+	return &hedgeRace{h: h, unit: append([]queuedFrame(nil), unit...), stmts: stmts}
+}
+
+// boundStatement is the client's named prepared statement that a Bind or a Describe of a
+// statement names, or nil for any other message.
+func (s *session) boundStatement(q queuedFrame) *stmt {
+	if s.mode == sessionMode {
+		return nil
+	}
+	body := q.raw[len(q.raw)-q.length:]
+	var name []byte
+	var ok bool
+	switch q.typ {
+	case 'B':
+		var rest []byte
+		if _, rest, ok = cut(body); ok {
+			name, _, ok = cut(rest)
+		}
+	case 'D':
+		if len(body) >= 2 && body[0] == 'S' {
+			name, _, ok = cut(body[1:])
+		}
+	}
+	if !ok || len(name) == 0 {
+		return nil
+	}
+	return s.stmts[string(name)]
 }
 
 // replayable reports a client message that means the same on every backend: it names no
@@ -146,7 +192,13 @@ func (s *session) startHedge(hr *hedgeRace, first *pool.Conn) {
 		return
 	}
 	for i := s.slots.head; i < len(s.slots.items); i++ {
-		if s.slots.items[i].act != actForward {
+		switch sl := s.slots.items[i]; {
+		case sl.act == actForward:
+		case sl.act == actSwallow && sl.kind == 'P' && sl.stmt != "":
+			hr.firstPrepares = true // a statement the unit binds, prepared for it
+		case sl.act == actSwallow && sl.kind == 'C':
+			// closes a statement evicted from the backend's cache to make room
+		default:
 			return // the gateway answers part of it: not the same exchange on another backend
 		}
 	}
@@ -295,10 +347,47 @@ func (s *session) launchHedge(hr *hedgeRace, c *pool.Conn, t hedgeTarget) {
 	}
 	hr.second, hr.secondPool, hr.secondReplica = c, t.pool, t.replica
 	c.SetSink(hedgeSink{s})
-	for _, q := range hr.unit {
-		c.Write(q.raw)
-	}
+	s.writeHedge(hr, c)
 	c.Flush()
+}
+
+// writeHedge writes the unit to the hedge's backend c as relay would, naming the client's
+// statements by their backend names and preparing those c lacks, and notes in the hedge's own
+// slots what c will owe.
+func (s *session) writeHedge(hr *hedgeRace, c *pool.Conn) {
+	q := &hr.secondSlots
+	for i, f := range hr.unit {
+		var st *stmt
+		if hr.stmts != nil {
+			st = hr.stmts[i]
+		}
+		if st == nil {
+			switch f.typ {
+			case 'Q', 'P', 'B', 'D', 'E', 'S':
+				q.push(slot{kind: f.typ})
+			}
+			c.Write(f.raw)
+			continue
+		}
+		if !c.StmtPrepared(st.backendName) {
+			if evict, ok := c.StmtAdd(st.backendName); ok {
+				q.push(slot{kind: 'C', act: actSwallow})
+				c.Write(appendMessage(nil, 'C', append([]byte{'S'}, evict...), nil))
+			}
+			q.push(slot{kind: 'P', act: actSwallow, stmt: st.backendName})
+			c.Write(st.parse)
+			hr.secondPrepares = true
+		}
+		body := f.raw[len(f.raw)-f.length:]
+		q.push(slot{kind: f.typ})
+		if f.typ == 'B' {
+			portal, rest, _ := cut(body)
+			_, params, _ := cut(rest)
+			c.Write(appendMessage(nil, 'B', portal, []byte(st.backendName), params))
+		} else {
+			c.Write(appendMessage(nil, 'D', append([]byte{'S'}, st.backendName...), nil))
+		}
+	}
 }
 
 // tryBackend takes an idle connection of p that already has the client's settings.
@@ -395,21 +484,28 @@ func (s *session) firstData(hr *hedgeRace, c *pool.Conn, b []byte) bool {
 	return false
 }
 
-// hedgeableFatal returns the SQLSTATE of b if b starts with a whole ErrorResponse of severity
-// FATAL or PANIC whose code says the backend, not the query, failed (hedge.Hedgeable); else "".
+// hedgeableFatal returns the SQLSTATE of b if b starts with a backend's last words: a whole
+// ErrorResponse of severity FATAL or PANIC whose code says the backend, not the query, failed
+// (hedge.Hedgeable); or the NoticeResponse (a WARNING, 57P01 or 57P02) a backend sends before
+// it ends its connection in an immediate shutdown or after another backend crashed. Else "".
 func hedgeableFatal(b []byte) string {
-	if len(b) < 5 || b[0] != 'E' {
+	if len(b) < 5 || b[0] != 'E' && b[0] != 'N' {
 		return ""
 	}
 	n := int(binary.BigEndian.Uint32(b[1:5]))
 	if n < 4 || len(b) < 1+n {
-		return "" // a split ErrorResponse is left to the ordinary path
+		return "" // a split message is left to the ordinary path
 	}
 	severity, code, _, err := wire.ErrorFields(b[5 : 1+n])
-	if err != nil || !(string(severity) == "FATAL" || string(severity) == "PANIC") || !hedge.Hedgeable(string(code)) {
+	switch {
+	case err != nil:
 		return ""
+	case b[0] == 'E' && (string(severity) == "FATAL" || string(severity) == "PANIC") && hedge.Hedgeable(string(code)):
+		return string(code)
+	case b[0] == 'N' && (string(code) == "57P01" || string(code) == "57P02"):
+		return string(code)
 	}
-	return string(code)
+	return ""
 }
 
 // promoteHedge makes the hedge the session's backend, draining the original if it still runs.
@@ -425,8 +521,11 @@ func (s *session) promoteHedge(hr *hedgeRace, drainFirst bool) {
 		s.replica.outstanding.Add(-1)
 	}
 	s.replica, s.pool = hr.secondReplica, hr.secondPool
+	// Nothing of the first backend's answer was taken: what the session owes the client is
+	// now what the hedge's backend owes it.
+	s.slots, hr.secondSlots = hr.secondSlots, slotQueue{}
 	if drainFirst && old != nil {
-		s.drainLoser(old, oldPool, hr.owed)
+		s.loser(old, oldPool, hr.owed, hr.firstPrepares)
 	}
 }
 
@@ -442,7 +541,18 @@ func (s *session) dropHedge(hr *hedgeRace) {
 func (s *session) loseHedge(hr *hedgeRace) {
 	c, p := hr.second, hr.secondPool
 	s.dropHedge(hr)
-	s.drainLoser(c, p, hr.owed)
+	s.loser(c, p, hr.owed, hr.secondPrepares)
+}
+
+// loser disposes of a race's losing backend: drained back to its pool, or closed when it was
+// preparing a statement, which a cancel leaves in doubt.
+func (s *session) loser(c *pool.Conn, p *pool.Pool, owed int, prepares bool) {
+	if prepares {
+		c.SetSink(discardSink{})
+		p.Discard(c)
+		return
+	}
+	s.drainLoser(c, p, owed)
 }
 
 // abortHedge ends the race without a winner: the client left or cancelled its query.

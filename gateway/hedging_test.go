@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -496,5 +497,141 @@ func TestHedgeFatalFirstReply(t *testing.T) {
 	}
 	if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("the client after the retries: %v", err)
+	}
+}
+
+// Killing a replica under a read load (an immediate shutdown) costs the clients no error: the
+// reads it was running are sent again, its breaker opens and reads go to the primary; once it
+// is back, the breaker closes and reads return to it.
+func TestHedgeReplicaKilledAndBack(t *testing.T) {
+	primary, _ := primaryWithReplica(t)
+	ctx := ctxT(t)
+	replica, err := primary.AddReplica(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { replica.Stop() })
+	g := startRouting(t, primary, replica, "auto", func(cfg *gateway.Config) {
+		cfg.MaxReplicaLag = 0 // the breaker alone takes the replica out
+		cfg.Hedge = true
+		cfg.HedgeDelay = 50 * time.Millisecond
+		cfg.BreakerFailures = 3
+		cfg.BreakerOpenTime = 300 * time.Millisecond
+		// Connects to the dead replica are refused at once; a loaded machine must not make the
+		// primary's look failed.
+		cfg.ServerConnectTimeout = 2 * time.Second
+		cfg.PoolSize, cfg.MinPoolSize = 8, 8
+	})
+	replicaPool := func() *pool.Pool {
+		for _, p := range g.srv.Pools() {
+			if strings.HasSuffix(p.Name(), "/replica1") {
+				return p
+			}
+		}
+		return nil
+	}
+	const clients = 8
+	var reads, onReplica atomic.Int64
+	errs := make(chan error, clients)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var once sync.Once
+	halt := func() { once.Do(func() { close(stop); wg.Wait() }) }
+	defer halt()
+	for i := range clients {
+		conn := g.connect(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var rec bool
+				if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()", hedgeModes[(i+n)%2]).Scan(&rec); err != nil {
+					errs <- fmt.Errorf("client %d, read %d: %w", i, n, err)
+					return
+				}
+				reads.Add(1)
+				if rec {
+					onReplica.Add(1)
+				}
+			}
+		}()
+	}
+	noErrors := func() {
+		t.Helper()
+		select {
+		case err := <-errs:
+			t.Fatalf("a read failed: %v", err)
+		default:
+		}
+	}
+	eventually(t, "reads run on the replica", func() bool { noErrors(); return onReplica.Load() > 100 })
+	replica.Kill()
+	eventually(t, "the replica's breaker opens", func() bool { noErrors(); return replicaPool().BreakerState() == "open" })
+	n := reads.Load()
+	eventually(t, "reads go on without the replica", func() bool { noErrors(); return reads.Load() > n+100 })
+	if err := replica.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	back := onReplica.Load()
+	eventually(t, "reads return to the replica", func() bool { noErrors(); return onReplica.Load() > back+100 })
+	eventually(t, "the replica's breaker closes", func() bool { noErrors(); return replicaPool().BreakerState() == "closed" })
+	halt()
+	noErrors()
+	t.Logf("%d reads, %d on the replica; hedging %+v", reads.Load(), onReplica.Load(), g.srv.HedgeStats(testDatabase))
+}
+
+// Reads on the client's named prepared statements are hedged too: the hedge's backend binds
+// them under their backend names, prepared there first when it lacks them.
+func TestHedgeNamedStatements(t *testing.T) {
+	h := startHedging(t, nil)
+	ctx := ctxT(t)
+	conn := h.connect(t)
+	h.warm(t, conn)
+	h.px.Set(faultproxy.Faults{Delay: 300 * time.Millisecond})
+	before := h.srv.HedgeStats(testDatabase)
+	const reads = 6
+	for i := range reads {
+		// pgx prepares each text once (Parse, Describe), then binds the statement by name.
+		sql := "SELECT $1::int + 1, pg_is_in_recovery()"
+		if i >= reads/2 {
+			sql = "SELECT $1::int + 1, pg_is_in_recovery(), 'second statement'"
+		}
+		start := time.Now()
+		rows, err := conn.Query(ctx, sql, pgx.QueryExecModeCacheStatement, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		var rec bool
+		for rows.Next() {
+			vals, err := rows.Values()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, rec = int(vals[0].(int32)), vals[1].(bool)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if took := time.Since(start); took > 250*time.Millisecond || rec || n != i+1 {
+			t.Errorf("read %d: %d in recovery %v after %s; want %d from the primary well before the replica's 300 ms", i, n, rec, took, i+1)
+		}
+	}
+	if st := h.srv.HedgeStats(testDatabase); st.WonByHedge-before.WonByHedge != reads {
+		t.Errorf("stats %+v → %+v: want %d reads won by their hedge", before, st, reads)
+	}
+	// The replica's connections that were preparing a statement when they lost were closed:
+	// the others come back, and the statements work on whatever backend serves them next.
+	h.px.Set(faultproxy.Faults{})
+	for i := range 4 {
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT $1::int + 1, pg_is_in_recovery()", pgx.QueryExecModeCacheStatement, i).Scan(&n, nil); err != nil || n != i+1 {
+			t.Fatalf("read %d after the proxy is fast again: %d, %v", i, n, err)
+		}
 	}
 }

@@ -40,6 +40,7 @@ type hedgeCount struct {
 	Delay                                       string // --hedge-delay
 	Sent, Hedged, WonByHedge, Cancelled, Denied int64
 	Skipped, Retried                            int64 // columns a gateway older than them lacks: 0
+	DelayUs                                     int64 // the delay in force at the end of the run (0: unknown)
 }
 
 // perRequest is backend requests per hedgeable read: the read itself plus its hedges.
@@ -164,7 +165,7 @@ func (s *suite) runHedging(ctx context.Context, c benchCase, res *caseResult) (e
 		b := before[v.name]
 		res.Hedges[v.name] = &hedgeCount{Delay: v.delay, Sent: after.Sent - b.Sent, Hedged: after.Hedged - b.Hedged,
 			WonByHedge: after.WonByHedge - b.WonByHedge, Cancelled: after.Cancelled - b.Cancelled, Denied: after.Denied - b.Denied,
-			Skipped: after.Skipped - b.Skipped, Retried: after.Retried - b.Retried}
+			Skipped: after.Skipped - b.Skipped, Retried: after.Retried - b.Retried, DelayUs: after.DelayUs}
 	}
 
 	rep, err := readReport(jsonPath)
@@ -312,9 +313,9 @@ func parseHedges(fields []pgconn.FieldDescription, rows [][][]byte) (*hedgeCount
 		h := &hedgeCount{}
 		for name, dst := range map[string]*int64{"sent": &h.Sent, "hedged": &h.Hedged,
 			"won_by_hedge": &h.WonByHedge, "cancelled": &h.Cancelled, "denied": &h.Denied,
-			"skipped": &h.Skipped, "retried": &h.Retried} {
+			"skipped": &h.Skipped, "retried": &h.Retried, "delay_us": &h.DelayUs} {
 			i, ok := col[name]
-			if !ok && (name == "skipped" || name == "retried") {
+			if !ok && (name == "skipped" || name == "retried" || name == "delay_us") {
 				continue
 			}
 			if !ok {
@@ -364,6 +365,9 @@ func writeHedgeTables(b *strings.Builder, r *caseResult) {
 		switch {
 		case h != nil:
 			delay = h.Delay
+			if h.Delay == "auto" && h.DelayUs > 0 {
+				delay = fmt.Sprintf("auto (%.2f ms at the end)", float64(h.DelayUs)/1000)
+			}
 			reads, hedged = fmt.Sprint(h.Sent), fmt.Sprint(h.Hedged)
 			won, denied, skipped = fmt.Sprint(h.WonByHedge), fmt.Sprint(h.Denied), fmt.Sprint(h.Skipped)
 		case t.Name == namePgBRep:
