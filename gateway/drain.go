@@ -98,6 +98,16 @@ func (d *drainer) cancelDelivered() {
 	d.c.Flush()
 }
 
+// cancelSkipped stands for a cancel that turned out not to be needed: the backend answered
+// first, so no barrier is due.
+func (d *drainer) cancelSkipped() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.cancels--
+	d.step()
+	d.c.Flush()
+}
+
 func (d *drainer) BackendData(c *pool.Conn, b []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -648,8 +648,12 @@ type discardSink struct{}
 func (discardSink) BackendData(*pool.Conn, []byte)  {}
 func (discardSink) BackendClosed(*pool.Conn, error) {}
 
-// recancelEvery is how long a loser has to answer a cancel before it gets another.
-const recancelEvery = 100 * time.Millisecond
+// recancelEvery is how long a loser has to answer a cancel before it gets another; cancelGrace
+// how long it may take to answer before it gets the first.
+const (
+	recancelEvery = 100 * time.Millisecond
+	cancelGrace   = 100 * time.Millisecond
+)
 
 // drainLoser cancels what a losing backend runs and has a drainer bring it back to
 // ReadyForQuery and to its pool, as for a client that left mid-query.
@@ -664,6 +668,22 @@ func (s *session) drainLoser(c *pool.Conn, p *pool.Pool, owed int) {
 	timeout := s.srv.cfg.CancelTimeout
 	log := s.srv.log
 	go func() {
+		// A loser that answers within cancelGrace is left alone: its answer was only late on
+		// the way (a slow link, a stall), and a CancelRequest costs the server a process and
+		// the drainer a barrier query, for nothing.
+		t := time.NewTimer(cancelGrace)
+		select {
+		case <-answered:
+		case <-t.C:
+		}
+		t.Stop()
+		d.mu.Lock()
+		done := d.finished || d.owed == 0
+		d.mu.Unlock()
+		if done {
+			d.cancelSkipped()
+			return
+		}
 		// PostgreSQL ignores a cancel that arrives before the backend has read the query, which
 		// a loser sent a moment ago may not have: cancel again while it still owes its answer.
 		// The drainer waits for this loop before its barrier query, so no cancel can outlive it.

@@ -120,13 +120,18 @@ var cases = []benchCase{
 	},
 }
 
-// withClients returns c run with n clients instead of its own -c.
-func (c benchCase) withClients(n int) benchCase {
+// with returns c run with n clients instead of its own -c (unless n is 0), and with protocol
+// instead of its own -M (unless protocol is "").
+func (c benchCase) with(n int, protocol string) benchCase {
 	bench := slices.Clone(c.Bench)
 	for i := 0; i+1 < len(bench); i++ {
-		if bench[i] == "-c" {
+		switch {
+		case bench[i] == "-c" && n > 0:
 			c.Title = strings.Replace(c.Title, bench[i+1]+" clients", strconv.Itoa(n)+" clients", 1)
 			bench[i+1] = strconv.Itoa(n)
+		case bench[i] == "-M" && protocol != "":
+			c.Title += ", " + protocol + " protocol"
+			bench[i+1] = protocol
 		}
 	}
 	c.Bench = bench
@@ -161,6 +166,7 @@ func main() {
 		return nil
 	})
 	flag.IntVar(&opts.HedgeClients, "hedge-clients", 0, "clients of the hedging case (default 20): fewer than saturate the machine's cores")
+	flag.StringVar(&opts.HedgeProtocol, "hedge-protocol", "", "protocol of the hedging case: simple (default), extended or prepared")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench-suite: unexpected arguments %q\n", flag.Args())
@@ -185,6 +191,8 @@ type options struct {
 	HedgeDelays []time.Duration
 	// HedgeClients, when positive, replaces the hedging case's client count.
 	HedgeClients int
+	// HedgeProtocol, when set, replaces the hedging case's -M.
+	HedgeProtocol string
 }
 
 // selectCases returns the cases list names (all for an empty list): by slug or by the number
@@ -237,11 +245,14 @@ func run(ctx context.Context, opts options) (err error) {
 	if err != nil {
 		return err
 	}
-	if opts.HedgeClients > 0 {
-		for i, c := range selected {
-			if c.Hedging {
-				selected[i] = c.withClients(opts.HedgeClients)
-			}
+	switch opts.HedgeProtocol {
+	case "", "simple", "extended", "prepared":
+	default:
+		return fmt.Errorf("-hedge-protocol %q: want simple, extended or prepared", opts.HedgeProtocol)
+	}
+	for i, c := range selected {
+		if c.Hedging {
+			selected[i] = c.with(opts.HedgeClients, opts.HedgeProtocol)
 		}
 	}
 	s := &suite{prof: prof, bin: opts.Bin, results: opts.Results, base: base, host: host, started: start,
