@@ -101,9 +101,9 @@ var cases = []benchCase{
 			"the primary is not behind one. asyncgate routes the reads to both replicas (`--read-routing auto`), "+
 			"once without hedging and once with `--hedge on --hedge-delay auto --hedge-budget 10%%`; PgBouncer "+
 			"points at one proxied replica. All three run for the whole case and are measured in turn. "+
-			"Pool size 40: a hedge race's loser is held by its drainer for at least 100 ms (cancel, re-cancel "+
-			"wait, barrier query), so at 20 clients a pool of 20 per replica runs out and reads queue; "+
-			"PgBouncer never uses more than the 20 clients need.",
+			"Pool size 40: a hedge race's loser is held by its drainer until its late answer comes (up to 50 ms), "+
+			"and one that has not answered within 100 ms also until a cancel and a barrier query, so the pools need "+
+			"room beyond the clients; PgBouncer never uses more than the clients need.",
 			hedgeSpike, hedgeSpikeP*100),
 		PoolMode: "transaction", PoolSize: 40, Hedging: true, MinDuration: 10 * time.Second,
 		Bench: []string{"-S", "-M", "simple", "-c", "20"},
