@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSCRAMClientFirst$$' -fuzztime $(FUZZTIME) ./gateway/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzParseUserlist$$' -fuzztime $(FUZZTIME) ./gateway/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzClassify$$' -fuzztime $(FUZZTIME) ./gateway/sqlclass
+	$(GO) test -run '^$$' -fuzz '^FuzzSQLText$$' -fuzztime $(FUZZTIME) ./pool/mysql
 
 clean:
 	rm -rf bin

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/asyncgate/asyncgate/admission"
@@ -58,6 +59,8 @@ type Server struct {
 	batchers     map[batchKey]*batcher.Batcher
 	batchMetrics *batcher.Metrics
 
+	mysql mysqlPools // pools of the mysql:// databases (mysql.go)
+
 	hubMu      sync.Mutex
 	hubs       map[string]*hub // LISTEN fan-out, by database alias
 	hubsClosed bool
@@ -81,11 +84,12 @@ type database struct {
 	// ownUser: the DSN names the backend user, so every client logs in as it; otherwise the
 	// backend login is the client's own user and its plaintext secret from the auth file.
 	ownUser  bool
-	mode     *poolMode    // pool_mode given in the DSN, if any
-	poolSize int          // pool_size given in the DSN, if any
-	routing  *readRouting // read_routing given in the DSN, if any
-	hedge    *bool        // hedge given in the DSN, if any
-	batch    *bool        // batch given in the DSN, if any
+	mode     *poolMode       // pool_mode given in the DSN, if any
+	poolSize int             // pool_size given in the DSN, if any
+	routing  *readRouting    // read_routing given in the DSN, if any
+	hedge    *bool           // hedge given in the DSN, if any
+	batch    *bool           // batch given in the DSN, if any
+	mysql    *gomysql.Config // set for a mysql:// DSN: the database is MySQL's (mysql.go)
 
 	replicas []*replica        // --replica NAME=DSN for this alias, in flag order
 	gates    []*admission.Gate // admission to the primary (0) and each replica (i), shared by all users
@@ -154,6 +158,9 @@ func New(cfg Config) (*Server, error) {
 // pool_mode, pool_size, read_routing and hedge for this database; they are the gateway's, not the
 // server's.
 func parseDatabase(name, dsn string) (*database, error) {
+	if strings.HasPrefix(dsn, "mysql://") {
+		return parseMySQLDatabase(name, dsn)
+	}
 	db := &database{name: name}
 	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
 		q := u.Query()
@@ -252,6 +259,7 @@ func (s *Server) Shutdown() {
 	for _, p := range pools {
 		p.Close()
 	}
+	s.closeMySQL()
 	s.hubMu.Lock()
 	hubs := s.hubs
 	s.hubs, s.hubsClosed = nil, true

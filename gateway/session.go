@@ -129,6 +129,8 @@ type session struct {
 	unitWait  time.Duration
 	recvBytes int64 // client bytes not yet added to st
 	sentBytes int64
+
+	my *mysqlSession // set on a MySQL database (mysql.go)
 }
 
 // queuedFrame is a copy of a client frame kept until a backend is available.
@@ -243,6 +245,8 @@ func (s *session) clientFrame(f *wire.Frame) error {
 		s.clientMessage(f)
 	case stAdmin:
 		s.adminMessage(f)
+	case stMySQL:
+		s.mysqlMessage(f)
 	}
 	if s.state == stClosed {
 		return errStop
@@ -357,6 +361,10 @@ func (s *session) authenticated() {
 	db, ok := s.srv.dbs[name]
 	if !ok {
 		s.fatal("3D000", fmt.Sprintf("database %q does not exist (no --database %s=… is configured)", name, name))
+		return
+	}
+	if db.mysql != nil {
+		s.mysqlLogin(db)
 		return
 	}
 	p := s.srv.pool(db, s.user)
@@ -821,6 +829,10 @@ func (s *session) nextUnit() {
 // client's work. The backend stays with the client until the cancel has been delivered, so it
 // can never hit another client's query.
 func (s *session) requestCancel() {
+	if s.my != nil {
+		s.mysqlCancel()
+		return
+	}
 	s.abortHedge()
 	if s.bunit != nil {
 		s.cancelBatched()
@@ -908,6 +920,9 @@ func (s *session) OnClose(err error) {
 	}
 	s.flushBytes()
 	s.in.Reset()
+	if s.my != nil {
+		s.mysqlClosed()
+	}
 	s.abortHedge()
 	if u := s.bunit; u != nil {
 		s.bunit = nil
