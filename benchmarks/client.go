@@ -2,6 +2,7 @@ package benchmarks
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"math/rand/v2"
 	"time"
@@ -18,6 +19,9 @@ type client struct {
 	id     int
 	config *pgx.ConnConfig
 	conn   *pgx.Conn
+	mydb   *sql.DB    // a mysql:// target: config is nil (mysql.go)
+	my     *mysqlConn // its connection
+	myPrep bool       // -M prepared on it
 	w      *Workload
 	states []*pgscript.State
 	rng    *rand.Rand
@@ -33,6 +37,14 @@ func newClient(id int, config *pgx.ConnConfig, w *Workload, scale int, rng *rand
 }
 
 func (c *client) connect(ctx context.Context) error {
+	if c.mydb != nil {
+		conn, err := c.mydb.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		c.my = &mysqlConn{conn: conn, prepared: c.myPrep, stmts: map[string]*sql.Stmt{}}
+		return nil
+	}
 	conn, err := pgx.ConnectConfig(ctx, c.config)
 	if err != nil {
 		return err
@@ -42,6 +54,10 @@ func (c *client) connect(ctx context.Context) error {
 }
 
 func (c *client) close(ctx context.Context) {
+	if c.my != nil {
+		c.my.close()
+		c.my = nil
+	}
 	if c.conn != nil {
 		_ = c.conn.Close(ctx)
 		c.conn = nil
@@ -51,7 +67,7 @@ func (c *client) close(ctx context.Context) {
 // txn runs one transaction: a script picked by weight, command by command. A client whose
 // connection broke reconnects first, so a target that restarts recovers within the round.
 func (c *client) txn(ctx context.Context) error {
-	if c.conn == nil || c.conn.IsClosed() {
+	if c.mydb != nil && c.my == nil || c.mydb == nil && (c.conn == nil || c.conn.IsClosed()) {
 		if err := c.connect(ctx); err != nil {
 			// The attempt counts as a failed transaction; the pause keeps a closed loop
 			// from spinning while the target is down.
@@ -88,6 +104,9 @@ func (c *client) txn(ctx context.Context) error {
 
 // query runs sql and reads its whole result, as a real client would.
 func (c *client) query(ctx context.Context, sql string, args []any) error {
+	if c.my != nil {
+		return c.my.query(ctx, sql, args)
+	}
 	rows, err := c.conn.Query(ctx, sql, args...)
 	if err != nil {
 		return err
@@ -101,6 +120,16 @@ func (c *client) query(ctx context.Context, sql string, args []any) error {
 // abort leaves the connection idle after a failed transaction, so the next one does not run
 // inside a failed transaction block.
 func (c *client) abort(err error) error {
+	if c.my != nil {
+		if c.my.inTx {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if rbErr := c.my.query(ctx, "ROLLBACK", nil); rbErr != nil {
+				c.close(ctx)
+			}
+		}
+		return err
+	}
 	if c.conn.IsClosed() || c.conn.PgConn().TxStatus() == 'I' {
 		return err
 	}

@@ -2,6 +2,7 @@ package benchmarks
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -20,7 +21,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	mode, _ := cfg.Protocol.ExecMode()
 	configs := make([]*pgx.ConnConfig, len(cfg.Targets))
+	mydbs := make([]*sql.DB, len(cfg.Targets))
 	for i, t := range cfg.Targets {
+		if isMySQLDSN(t.DSN) {
+			db, err := openMySQL(t.DSN, cfg.Clients)
+			if err != nil {
+				return nil, fmt.Errorf("benchmarks: target %s: %w", t.Name, err)
+			}
+			defer db.Close()
+			mydbs[i] = db
+			continue
+		}
 		cc, err := pgx.ParseConfig(t.DSN)
 		if err != nil {
 			return nil, fmt.Errorf("benchmarks: target %s: %w", t.Name, err)
@@ -32,7 +43,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg.Seed = rand.Uint64()
 	}
 
-	r := &runner{cfg: cfg, configs: configs, start: time.Now()}
+	r := &runner{cfg: cfg, configs: configs, mydbs: mydbs, start: time.Now()}
 	r.report = &Report{
 		Version:   ReportVersion,
 		StartedAt: r.start.UTC(),
@@ -68,6 +79,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 type runner struct {
 	cfg     Config
 	configs []*pgx.ConnConfig
+	mydbs   []*sql.DB // per target: set for a mysql:// one, whose config is nil
 	start   time.Time
 	report  *Report
 }
@@ -92,6 +104,7 @@ func (r *runner) runSlot(ctx context.Context, slot Slot) *RoundResult {
 		// sees the same sequence of keys.
 		rng := rand.New(rand.NewPCG(cfg.Seed, uint64(slot.Round)<<32|uint64(i)))
 		clients[i] = newClient(i, r.configs[slot.Target], cfg.Workload, cfg.Scale, rng)
+		clients[i].mydb, clients[i].myPrep = r.mydbs[slot.Target], cfg.Protocol == ProtocolPrepared
 	}
 	pr.status(fmt.Sprintf("connecting %d clients", len(clients)))
 	connStart := time.Now()

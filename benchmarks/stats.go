@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -72,10 +73,13 @@ func Summarize(h *hdrhistogram.Histogram, maxSeen time.Duration) LatencySummary 
 // else (refused, reset, protocol violations).
 func ErrorCode(err error) string {
 	var pgErr *pgconn.PgError
+	var myErr *mysql.MySQLError
 	var se *scriptError
 	switch {
 	case errors.As(err, &pgErr):
 		return pgErr.Code
+	case errors.As(err, &myErr):
+		return string(myErr.SQLState[:])
 	case errors.As(err, &se):
 		return "script"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -327,9 +327,16 @@ func adminVersion() string {
 }
 
 // poolEntry is one open pool with its key.
+// statsPool is what the console and the metrics read of a pool: a *pool.Pool, or a MySQL
+// database's *mysql.Pool.
+type statsPool interface {
+	Stats() pool.Stats
+	BreakerState() string
+}
+
 type poolEntry struct {
 	key   poolKey
-	pool  *pool.Pool
+	pool  statsPool
 	stats pool.Stats
 }
 
@@ -341,6 +348,11 @@ func (s *Server) poolEntries() []poolEntry {
 		out = append(out, poolEntry{key: k, pool: p})
 	}
 	s.mu.Unlock()
+	s.mysql.mu.Lock()
+	for k, p := range s.mysql.m {
+		out = append(out, poolEntry{key: k, pool: p})
+	}
+	s.mysql.mu.Unlock()
 	slices.SortFunc(out, func(a, b poolEntry) int {
 		if c := strings.Compare(a.key.database, b.key.database); c != 0 {
 			return c

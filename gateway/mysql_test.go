@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -489,6 +490,12 @@ func TestMySQLManyClientsSmallPool(t *testing.T) {
 	}
 	if m := maxOpen.Load(); m > 10 || m == 0 {
 		t.Errorf("pool had %d connections open, want 1..10", m)
+	}
+	// The pool is in the metrics as a Postgres pool is.
+	rec := httptest.NewRecorder()
+	g.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if want := `asyncgate_pool_connections_open{backend="0",database="legacy",user="app"}`; !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("metrics lack %s", want)
 	}
 }
 

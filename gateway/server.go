@@ -294,6 +294,9 @@ func (s *Server) lentBackends() int {
 	for _, p := range s.Pools() {
 		n += lent(p.Stats())
 	}
+	for _, p := range s.MySQLPools() {
+		n += lent(p.Stats())
+	}
 	return n
 }
 
