@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
 
@@ -152,6 +153,7 @@ type mysqlSession struct {
 	units    int             // complete units among them (each ends in Query, Sync or Flush)
 	running  bool            // a unit runs on the pool's side
 	timedOut bool
+	start    time.Time // when the running unit was started
 }
 
 // mysqlLogin completes the login of a client of a MySQL database. No connection is needed yet:
@@ -166,6 +168,7 @@ func (s *session) mysqlLogin(db *database) {
 	s.db, s.state, s.txStatus = db, stMySQL, 'I'
 	s.startup = nil
 	s.my = &mysqlSession{bs: p.NewSession()}
+	s.st = s.srv.unitStatsFor(db.name, s.user)
 	s.in.SetMaxInspect(s.srv.cfg.MaxQuerySize)
 	for _, t := range []byte{'Q', 'P', 'B', 'D', 'E', 'C', 'S', 'H'} {
 		s.in.SetInspect(t, true)
@@ -238,7 +241,7 @@ func (s *session) mysqlNext() {
 		m.bytes -= len(msg.Body)
 	}
 	m.units--
-	m.running, m.timedOut = true, false
+	m.running, m.timedOut, m.start = true, false, time.Now()
 	if d := s.srv.cfg.QueryTimeout; d > 0 {
 		s.arm(d, func() {
 			if m.running {
@@ -251,17 +254,44 @@ func (s *session) mysqlNext() {
 	}
 	bs, io := m.bs, s.io
 	go func() {
-		bs.Run(unit, func(b []byte) bool { return io.Exec(func() { io.Write(b) }) })
-		if !io.Exec(s.mysqlUnitDone) {
+		rep := bs.Run(unit, func(b []byte) bool {
+			return io.Exec(func() {
+				io.Write(b)
+				s.sentBytes += int64(len(b))
+			})
+		})
+		if !io.Exec(func() { s.mysqlUnitDone(&rep) }) {
 			bs.Close() // the client left while the unit ran
 		}
 	}()
 }
 
-// mysqlUnitDone runs on the loop when a unit has been answered.
-func (s *session) mysqlUnitDone() {
+// mysqlUnitDone runs on the loop when a unit has been answered: it is measured as a Postgres
+// unit is, and the next one starts.
+func (s *session) mysqlUnitDone(rep *mysqlpool.Report) {
 	m := s.my
 	m.running = false
+	if st := s.st; st != nil {
+		st.total.Observe(time.Since(m.start).Seconds())
+		st.queueWait.Observe(rep.Wait.Seconds())
+		st.waitTime.Add(rep.Wait.Microseconds())
+		st.assignments.Add(int64(rep.Lent))
+		if rep.Queries > 0 {
+			st.backend.Observe(rep.Backend.Seconds())
+		}
+		st.queryTime.Add(rep.Backend.Microseconds())
+		st.queries.Add(int64(rep.Queries))
+		st.xacts.Add(int64(rep.Xacts))
+		st.xactTime.Add(rep.Held.Microseconds())
+		s.flushBytes()
+	}
+	for _, f := range rep.Failures {
+		source := "backend"
+		if f.Gateway {
+			source = "gateway"
+		}
+		s.requestFailed(source, f.Code, f.Message)
+	}
 	s.txStatus = m.bs.TxStatus()
 	if s.paused && m.bytes <= maxQueued {
 		s.paused = false

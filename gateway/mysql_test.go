@@ -299,6 +299,18 @@ func TestMySQLErrorKeepsSession(t *testing.T) {
 	if err := my.QueryRow("SELECT COUNT(*) FROM " + tbl).Scan(&n); err != nil || n != 2 {
 		t.Errorf("rows after multi-statement: %d %v", n, err)
 	}
+	// Errors and units are measured as on a Postgres database.
+	rec := httptest.NewRecorder()
+	g.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`asyncgate_errors_total{database="legacy",source="backend",sqlstate_class="23"} 3`,
+		`asyncgate_errors_total{database="legacy",source="backend",sqlstate_class="42"} 4`,
+		`asyncgate_request_seconds_count{database="legacy",user="app"}`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 }
 
 func TestMySQLTransactions(t *testing.T) {

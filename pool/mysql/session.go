@@ -11,6 +11,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -18,6 +19,24 @@ import (
 
 	"github.com/asyncgate/asyncgate/wire"
 )
+
+// Report measures one unit, for the gateway's statistics.
+type Report struct {
+	Wait     time.Duration // waiting for a connection
+	Lent     int           // connections lent to the unit (0 when the client held one)
+	Backend  time.Duration // statements running on the server
+	Held     time.Duration // connections held by transactions that ended in the unit
+	Queries  int           // statements run
+	Xacts    int           // transactions ended: an autocommit statement, COMMIT, ROLLBACK
+	Failures []Failure     // the ErrorResponses sent
+}
+
+// Failure is one ErrorResponse of a unit: Gateway when the gateway raised it (a limit, a
+// cancel, a lost connection), else MySQL did.
+type Failure struct {
+	Code, Message string
+	Gateway       bool
+}
 
 // Msg is one whole client message: its type byte and body.
 type Msg struct {
@@ -39,6 +58,8 @@ type Session struct {
 	stmts   map[string]*prepared
 	portals map[string]*portal
 	types   *pgtype.Map // for the binary result format; not safe to share between sessions
+	rep     *Report     // of the unit running
+	since   time.Time   // when the connection held was lent
 
 	mu      sync.Mutex
 	active  bool   // a Run is in progress
@@ -122,7 +143,10 @@ func (s *Session) Close() {
 // Run runs one request unit: the client's messages up to and including a Query, Sync or Flush.
 // It blocks; emit receives the Postgres response in order, in chunks, and reports false once the
 // client is gone.
-func (s *Session) Run(msgs []Msg, emit func([]byte) bool) {
+func (s *Session) Run(msgs []Msg, emit func([]byte) bool) Report {
+	var rep Report
+	s.rep = &rep
+	defer func() { s.rep = nil }()
 	w := &writer{emit: emit}
 	s.mu.Lock()
 	s.active, s.reason, s.killed = true, "", false
@@ -162,6 +186,7 @@ func (s *Session) Run(msgs []Msg, emit func([]byte) bool) {
 	s.mu.Unlock()
 	s.endUnit(false)
 	w.flush()
+	return rep
 }
 
 // endUnit gives the connection back once no transaction holds it; at a Sync or Query, the
@@ -169,6 +194,9 @@ func (s *Session) Run(msgs []Msg, emit func([]byte) bool) {
 func (s *Session) endUnit(portals bool) {
 	if s.tx == 'I' {
 		if s.conn != nil {
+			if s.rep != nil {
+				s.rep.Held += time.Since(s.since)
+			}
 			s.p.Return(s.conn)
 			s.conn = nil
 		}
@@ -337,6 +365,10 @@ func (s *Session) runSplit(w *writer, rest *[]byte, pt *portal) error {
 // fail sends err as an ErrorResponse.
 func (s *Session) fail(w *writer, err error) {
 	code, msg, detail := errorFields(err)
+	if s.rep != nil {
+		var me *gomysql.MySQLError
+		s.rep.Failures = append(s.rep.Failures, Failure{Code: code, Message: msg, Gateway: !errors.As(err, &me)})
+	}
 	w.buf = mustAppend(w.buf, &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code, Message: msg, Detail: detail})
 }
 
@@ -366,9 +398,17 @@ func (s *Session) acquire() (*Conn, error) {
 	if s.conn != nil {
 		return s.conn, nil
 	}
+	start := time.Now()
 	c, err := s.p.Acquire(s.ctx)
+	s.since = time.Now()
+	if s.rep != nil {
+		s.rep.Wait += s.since.Sub(start)
+	}
 	if err != nil {
 		return nil, err
+	}
+	if s.rep != nil {
+		s.rep.Lent++
 	}
 	s.conn = c
 	return c, nil
@@ -407,7 +447,15 @@ func (s *Session) run(w *writer, out *[]byte, sql string, k kind, args []driver.
 	if err := s.begin(c); err != nil {
 		return err
 	}
+	start := time.Now()
 	err = s.exec(w, out, c, sql, k, args, formats, describe)
+	if s.rep != nil {
+		s.rep.Backend += time.Since(start)
+		s.rep.Queries++
+		if k.txSet == 'I' || s.tx == 'I' && k.txSet == 0 {
+			s.rep.Xacts++
+		}
+	}
 	if reason := s.end(); reason != "" {
 		return &wire.Error{Code: "57014", Message: reason}
 	}
