@@ -9,6 +9,7 @@ import (
 	"time"
 
 	gomysql "github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/asyncgate/asyncgate/pool"
 	mysqlpool "github.com/asyncgate/asyncgate/pool/mysql"
@@ -65,6 +66,10 @@ func parseMySQLDatabase(name, dsn string) (*database, error) {
 	cfg.Passwd = pass // ParseDSN would misread a password with @ or /
 	db.mysql = cfg
 	db.ownUser = u.User.Username() != ""
+	// What the console shows of the backend (SHOW DATABASES, SHOW SERVERS); never used to connect.
+	h, p, _ := net.SplitHostPort(host)
+	port, _ := strconv.ParseUint(p, 10, 16)
+	db.conn = &pgconn.Config{Host: h, Port: uint16(port), Database: cfg.DBName, User: cfg.User}
 	return db, nil
 }
 

@@ -466,7 +466,10 @@ func TestMySQLQueryTimeout(t *testing.T) {
 func TestMySQLManyClientsSmallPool(t *testing.T) {
 	my := mysqlDirect(t)
 	tbl := mysqlTable(t, my, "id INT PRIMARY KEY, client INT")
-	g := startMySQLGateway(t, "?pool_size=10", func(c *gateway.Config) { c.QueryWaitTimeout = time.Minute })
+	g := startMySQLGateway(t, "?pool_size=10", func(c *gateway.Config) {
+		c.QueryWaitTimeout = time.Minute
+		c.AdminUsers = []string{appUser}
+	})
 	var maxOpen atomic.Int64
 	concurrentlyOn(t, g, mysqlDatabase, 200, func(ctx context.Context, conn *pgx.Conn, i int) error {
 		for k := range 1 {
@@ -503,7 +506,19 @@ func TestMySQLManyClientsSmallPool(t *testing.T) {
 	if m := maxOpen.Load(); m > 10 || m == 0 {
 		t.Errorf("pool had %d connections open, want 1..10", m)
 	}
-	// The pool is in the metrics as a Postgres pool is.
+	// The pool is on the console and in the metrics as a Postgres pool is.
+	admin := g.adminConn(t, appUser, appPassword, "asyncgate")
+	g.connectMySQL(t) // for SHOW CLIENTS
+	for _, cmd := range []string{"SHOW POOLS", "SHOW SERVERS", "SHOW DATABASES", "SHOW CLIENTS", "SHOW STATS"} {
+		names, rows := show(t, admin, cmd)
+		col := "database"
+		if cmd == "SHOW DATABASES" {
+			col = "name"
+		}
+		if row(names, rows, col, mysqlDatabase) == nil {
+			t.Errorf("%s has no row for %s", cmd, mysqlDatabase)
+		}
+	}
 	rec := httptest.NewRecorder()
 	g.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if want := `asyncgate_pool_connections_open{backend="0",database="legacy",user="app"}`; !strings.Contains(rec.Body.String(), want) {

@@ -141,6 +141,9 @@ func New(cfg Config) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
+		if db.mysql != nil && len(cfg.Replicas[name]) > 0 {
+			return nil, fmt.Errorf("--replica %s: replicas of a MySQL database are not supported", name)
+		}
 		if err := s.addReplicas(db, cfg.Replicas[name]); err != nil {
 			return nil, err
 		}
