@@ -577,3 +577,30 @@ func concurrentlyOn(t *testing.T, g *gw, database string, n int, client func(ctx
 		}
 	}
 }
+
+// A pooled connection the server closed while it sat idle (wait_timeout, a restart, KILL) is
+// replaced without the client seeing an error: go-sql-driver finds it dead before sending.
+func TestMySQLDeadIdleConnection(t *testing.T) {
+	my := mysqlDirect(t)
+	g := startMySQLGateway(t, "?pool_size=1", nil)
+	conn := g.connectMySQL(t)
+	ctx := ctxT(t)
+	var id1, id2 int64
+	if err := conn.QueryRow(ctx, "SELECT CONNECTION_ID()").Scan(&id1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := my.Exec(fmt.Sprintf("KILL %d", id1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the connection is gone on the server", func() bool {
+		var n int
+		my.QueryRow("SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?", id1).Scan(&n)
+		return n == 0
+	})
+	if err := conn.QueryRow(ctx, "SELECT CONNECTION_ID()").Scan(&id2); err != nil {
+		t.Fatalf("after the server closed the idle connection: %v", err)
+	}
+	if id2 == id1 {
+		t.Errorf("still connection %d", id1)
+	}
+}

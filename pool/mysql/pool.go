@@ -215,12 +215,18 @@ func (p *Pool) handed(ctx context.Context, c *Conn) (*Conn, error) {
 	return p.connect(ctx)
 }
 
-// fresh checks a connection taken from idle: too old or idle too long, it is replaced.
+// fresh checks a connection taken from idle: too old, idle too long or dead, it is replaced.
 func (p *Pool) fresh(c *Conn) *Conn {
 	now := time.Now()
 	if (p.cfg.Lifetime > 0 && now.Sub(c.created) > p.cfg.Lifetime) ||
 		(p.cfg.IdleTimeout > 0 && now.Sub(c.lastUsed) > p.cfg.IdleTimeout) {
 		p.closeConn(c, false)
+		return nil
+	}
+	// go-sql-driver's liveness check (a non-blocking read): a connection the server closed while
+	// it sat idle (wait_timeout, a restart, KILL) is replaced before anything is sent on it.
+	if r, ok := c.dc.(driver.SessionResetter); ok && r.ResetSession(context.Background()) != nil {
+		p.closeConn(c, true)
 		return nil
 	}
 	return c

@@ -440,6 +440,7 @@ func (s *Session) end() string {
 // run runs one statement, appending its response to *out (RowDescription when describe, then
 // DataRows and CommandComplete).
 func (s *Session) run(w *writer, out *[]byte, sql string, k kind, args []driver.NamedValue, formats []int16, describe bool) error {
+	held := s.conn != nil
 	c, err := s.acquire()
 	if err != nil {
 		return err
@@ -448,7 +449,23 @@ func (s *Session) run(w *writer, out *[]byte, sql string, k kind, args []driver.
 		return err
 	}
 	start := time.Now()
+	mark := len(*out)
 	err = s.exec(w, out, c, sql, k, args, formats, describe)
+	if errors.Is(err, driver.ErrBadConn) && !held && len(*out) == mark {
+		// go-sql-driver found the connection dead before sending anything (the server closed
+		// it while idle, after wait_timeout): the statement goes to another connection, once.
+		s.end()
+		c.broken = true
+		s.conn = nil
+		s.p.Return(c)
+		if c, err = s.acquire(); err != nil {
+			return err
+		}
+		if err := s.begin(c); err != nil {
+			return err
+		}
+		err = s.exec(w, out, c, sql, k, args, formats, describe)
+	}
 	if s.rep != nil {
 		s.rep.Backend += time.Since(start)
 		s.rep.Queries++
