@@ -253,6 +253,14 @@ func TestMySQLParameters(t *testing.T) {
 	if err != nil || tag.String() != "DELETE 1" {
 		t.Errorf("delete: %q %v", tag, err)
 	}
+	// Bytes, as pgx sends a []byte.
+	if _, err := conn.Exec(ctx, "UPDATE "+tbl+" SET blob_col = $1 WHERE id = $2", []byte{0, 0xff, '\\', 'x'}, 1); err != nil {
+		t.Fatal(err)
+	}
+	var blob []byte
+	if err := conn.QueryRow(ctx, "SELECT blob_col FROM "+tbl+" WHERE id = $1", 1).Scan(&blob); err != nil || string(blob) != "\x00\xff\\x" {
+		t.Errorf("blob %q %v", blob, err)
+	}
 	// A named prepared statement, run twice.
 	if _, err := conn.Prepare(ctx, "byid", "SELECT name FROM "+tbl+" WHERE id = $1"); err != nil {
 		t.Fatal(err)

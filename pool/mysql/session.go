@@ -708,7 +708,8 @@ func bindArgs(st *prepared, formats []int16, vals [][]byte) ([]driver.NamedValue
 
 // paramValue converts one parameter. Parameters are described to the client as of unknown type
 // (OID 0), so drivers send them as text; an integer is passed to MySQL as one (LIMIT ? wants
-// it), anything else as a string that MySQL converts as the statement needs.
+// it), bytea's text form (\x and hex digits) as bytes, anything else as a string that MySQL
+// converts as the statement needs.
 func paramValue(oid uint32, format int16, v []byte) (any, error) {
 	if v == nil {
 		return nil, nil
@@ -767,6 +768,12 @@ func paramValue(oid uint32, format int16, v []byte) (any, error) {
 		if isInteger(text) {
 			if n, err := strconv.ParseInt(text, 10, 64); err == nil {
 				return n, nil
+			}
+		}
+		// Drivers send bytes as bytea's text form: \x and hex digits (pgx does for a []byte).
+		if len(text) >= 2 && text[:2] == `\x` && len(text)%2 == 0 {
+			if b, err := hex.DecodeString(text[2:]); err == nil {
+				return b, nil
 			}
 		}
 	}
