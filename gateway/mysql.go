@@ -44,7 +44,7 @@ func parseMySQLDatabase(name, dsn string) (*database, error) {
 		}
 		db.poolSize = size
 	}
-	for _, k := range []string{"pool_mode", "read_routing", "hedge"} {
+	for _, k := range []string{"pool_mode", "read_routing", "hedge", "batch"} {
 		if q.Has(k) {
 			return nil, fmt.Errorf("--database %s: %s is not supported for a MySQL database (it is always pooled per transaction)", name, k)
 		}
