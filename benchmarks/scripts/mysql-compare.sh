@@ -2,16 +2,16 @@
 # Select-only throughput to MariaDB/MySQL: through asyncgate (a mysql:// --database, Postgres
 # protocol from the load tool) against go-sql-driver/mysql connecting directly, interleaved in
 # one run of the load tool. Point reads by primary key on a 100000-row table.
-#   benchmarks/scripts/mysql-compare.sh [-c "1 16 64"] [-T seconds per target (20)] [-M "simple prepared"]
+#   benchmarks/scripts/mysql-compare.sh [-c "1 16 64"] [-T seconds per target (20)] [-r rounds (4)] [-M "simple prepared"]
 #     [-s MYSQL host:port (127.0.0.1:3306)] [-p asyncgate port (16750)] [-P pool size (16)]
 # The server must let root in without a password and have a database test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-clientlist="1 16 64" duration=20 protocols="simple prepared" server=127.0.0.1:3306 port=16750 poolsize=16
-while getopts "c:T:M:s:p:P:" o; do
+clientlist="1 16 64" duration=20 rounds=4 protocols="simple prepared" server=127.0.0.1:3306 port=16750 poolsize=16
+while getopts "c:T:r:M:s:p:P:" o; do
 	case $o in
-	c) clientlist=$OPTARG ;; T) duration=$OPTARG ;; M) protocols=$OPTARG ;; s) server=$OPTARG ;;
+	c) clientlist=$OPTARG ;; T) duration=$OPTARG ;; r) rounds=$OPTARG ;; M) protocols=$OPTARG ;; s) server=$OPTARG ;;
 	p) port=$OPTARG ;; P) poolsize=$OPTARG ;;
 	*) exit 2 ;;
 	esac
@@ -47,12 +47,12 @@ for _ in $(seq 1 50); do PGPASSWORD=app psql -h 127.0.0.1 -p "$port" -U app -d l
 
 echo "## select-only on MariaDB ($server): asyncgate (pool $poolsize) vs go-sql-driver/mysql direct"
 echo
-echo "| protocol | clients | direct tps | asyncgate tps | ratio | direct p99 ms | asyncgate p99 ms |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| protocol | clients | direct tps | asyncgate tps | ratio | direct p99 ms | asyncgate p99 ms | asyncgate CPU µs/txn |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for proto in $protocols; do
 	for c in $clientlist; do
 		out="$bin/$proto-$c.json"
-		"$bin/asyncgate-bench" --quiet -M "$proto" -c "$c" -T "$duration" --rounds 4 --file "$bin/select.sql" \
+		"$bin/asyncgate-bench" --quiet -M "$proto" -c "$c" -T "$duration" --rounds "$rounds" --file "$bin/select.sql" \
 			--target "direct=mysql://root@$server/test" \
 			--target "asyncgate=postgres://app:app@127.0.0.1:$port/legacy?sslmode=disable" \
 			--pid asyncgate=$agpid --json "$out" >/dev/null
@@ -64,8 +64,9 @@ d, a = t["direct"], t["asyncgate"]
 for x in (d, a):
     if x["error_count"]:
         print(f"# {x['name']}: {x['error_count']} errors {x['errors']}", file=sys.stderr)
+cpu = next((p.get("cpu_us_per_txn", 0) for p in a.get("processes", [])), 0)
 print(f"| {sys.argv[2]} | {sys.argv[3]} | {d['tps']:.0f} | {a['tps']:.0f} | {a['tps']/d['tps']:.2f} | "
-      f"{d['latency_ms']['p99']:.2f} | {a['latency_ms']['p99']:.2f} |")
+      f"{d['latency_ms']['p99']:.2f} | {a['latency_ms']['p99']:.2f} | {cpu:.0f} |")
 PY
 	done
 done
