@@ -5,7 +5,8 @@
 # Prints markdown tables: tps, p99 latency, the gateways' CPU µs per transaction, their write
 # syscalls per transaction (client and backend sockets together), and the pool's PostgreSQL
 # backends' recv and send syscalls per transaction (perf tracepoints; a pipelined batch is read
-# in one). Then the ceiling: pgbench in pipeline mode straight against PostgreSQL with as
+# in one), and the CPU µs per transaction of those backends and of pgbench itself, which share
+# the machine. Then the ceiling: pgbench in pipeline mode straight against PostgreSQL with as
 # many connections as the pool.
 #   benchmarks/scripts/batch-compare.sh [-T seconds] [-c clients] [-P "4 20"] [-M "simple prepared"]
 #       [-R repeats] [-s scale] [-D depth] [-p baseport]
@@ -113,9 +114,20 @@ perfstart() {
 perfcount() { awk -F, -v e="$2" '$3 == e && $1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$1" 2>/dev/null; }
 per() { { [ -z "$1" ] || [ -z "$2" ]; } && echo - || echo "$1 / $2" | bc -l; }
 
-# run PORT USER PROTO PID → "tps p99_ms cpu_us_per_txn gateway_writes_per_txn pg_reads_per_txn pg_writes_per_txn"
+# pgcpu PIDS(comma-separated) → their CPU ticks
+pgcpu() {
+	local n=0 p t
+	for p in ${1//,/ }; do
+		t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || t=0
+		n=$((n + ${t:-0}))
+	done
+	echo $n
+}
+
+# run PORT USER PROTO PID → "tps p99_ms cpu_us_per_txn gateway_writes_per_txn pg_reads_per_txn
+# pg_writes_per_txn pg_cpu_us_per_txn pgbench_cpu_us_per_txn"
 run() {
-	local out txns tps c0=0 c1=0 p99 logdir gperf= bperf= backends= gw= pr= pw=
+	local out txns tps c0=0 c1=0 p99 logdir gperf= bperf= backends= gw= pr= pw= pc0=0 pc1=0 pgc=- bench=-
 	logdir=$(mktemp -d "$work/log.XXXXXX")
 	if [ -n "$4" ]; then
 		# Open the pool's connections first, so their backends can be watched.
@@ -124,10 +136,12 @@ run() {
 		gperf=$(perfstart "$logdir/gw.perf" syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg "$4")
 		bperf=$(perfstart "$logdir/pg.perf" syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto "$backends")
 		c0=$(cputicks "$4")
+		pc0=$(pgcpu "$backends")
 	fi
-	out=$(cd "$logdir" && PGPASSWORD=app pgbench -n -S -M "$3" -c "$clients" -j 2 -T "$duration" -l -h 127.0.0.1 -p "$1" -U "$2" postgres 2>&1) || true
+	out=$(cd "$logdir" && PGPASSWORD=app /usr/bin/time -f "%U %S" -o "$logdir/time" pgbench -n -S -M "$3" -c "$clients" -j 2 -T "$duration" -l -h 127.0.0.1 -p "$1" -U "$2" postgres 2>&1) || true
 	if [ -n "$4" ]; then
 		c1=$(cputicks "$4")
+		pc1=$(pgcpu "$backends")
 		for p in $gperf $bperf; do
 			kill -INT "$p" 2>/dev/null || true
 			for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -136,19 +150,21 @@ run() {
 	tps=$(echo "$out" | awk '/^tps = / {print $3; exit}')
 	txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF; exit}')
 	if [ -z "$tps" ] || [ -z "$txns" ] || [ "$txns" = 0 ] || echo "$out" | grep -q 'number of failed transactions: [1-9]\|aborted'; then
-		echo "fail - - - - -"
+		echo "fail - - - - - - -"
 		echo "$out" | grep -m2 -i 'error\|fatal' >&2 || true
 		rm -rf "$logdir"
 		return
 	fi
 	p99=$(cat "$logdir"/pgbench_log.* | awk '{print $3}' | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99); if (i<1) i=1; printf "%.2f", a[i]/1000}')
+	[ -s "$logdir/time" ] && bench=$(awk -v n="$txns" 'END {print ($1 + $2) * 1000000 / n}' "$logdir/time")
 	if [ -n "$4" ]; then
+		[ -n "$backends" ] && pgc=$(echo "($pc1 - $pc0) * 10000 / $txns" | bc -l)
 		[ -n "$gperf" ] && gw=$(per "$(awk -F, '$3 ~ /^syscalls:/ && $1 ~ /^[0-9]+$/ {n += $1} END {print n + 0}' "$logdir/gw.perf")" "$txns")
 		[ -n "$bperf" ] && pr=$(per "$(perfcount "$logdir/pg.perf" syscalls:sys_enter_recvfrom)" "$txns") &&
 			pw=$(per "$(perfcount "$logdir/pg.perf" syscalls:sys_enter_sendto)" "$txns")
-		echo "$tps $p99 $(echo "($c1 - $c0) * 10000 / $txns" | bc -l) ${gw:--} ${pr:--} ${pw:--}"
+		echo "$tps $p99 $(echo "($c1 - $c0) * 10000 / $txns" | bc -l) ${gw:--} ${pr:--} ${pw:--} $pgc $bench"
 	else
-		echo "$tps $p99 - - - -"
+		echo "$tps $p99 - - - - - $bench"
 	fi
 	rm -rf "$logdir"
 }
@@ -159,24 +175,24 @@ ratio() { { [ "$1" = fail ] || [ "$2" = fail ] || [ "$1" = - ] || [ "$2" = - ]; 
 
 echo "## pgbench -S, $clients clients, transaction pool mode, -T $duration, -j 2, batch depth $depth ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
-echo "| run | pool | protocol | target | tps | p99 ms | tps ÷ PgBouncer | p99 ÷ PgBouncer | tps ÷ batching off | gateway CPU µs/txn | gateway write syscalls/txn | backend recv syscalls/txn | backend send syscalls/txn |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| run | pool | protocol | target | tps | p99 ms | tps ÷ PgBouncer | p99 ÷ PgBouncer | tps ÷ batching off | gateway CPU µs/txn | gateway write syscalls/txn | backend recv syscalls/txn | backend send syscalls/txn | PostgreSQL CPU µs/txn | pgbench CPU µs/txn |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for rep in $(seq 1 "$repeats"); do
 	for pool in $poollist; do
 		start "$pool"
 		for proto in $protolist; do
-			read -r dt dp _ _ _ _ < <(run "$pgport" postgres "$proto" "")
+			read -r dt dp _ _ _ _ _ dx < <(run "$pgport" postgres "$proto" "")
 			if [ "$proto" = prepared ] && ! pgbouncer --version | grep -Eq ' 1\.(2[1-9]|[3-9][0-9])'; then
-				bt=- bp=- bc=- bw=- br=- bs=- # PgBouncer before 1.21 keeps no prepared statements in transaction mode
+				bt=- bp=- bc=- bw=- br=- bs=- bg=- bx=- # PgBouncer before 1.21 keeps no prepared statements in transaction mode
 			else
-				read -r bt bp bc bw br bs < <(run "$bport" app "$proto" "$bpid")
+				read -r bt bp bc bw br bs bg bx < <(run "$bport" app "$proto" "$bpid")
 			fi
-			read -r ot op oc ow or os < <(run "$offport" app "$proto" "$offpid")
-			read -r nt np nc nw nr ns < <(run "$onport" app "$proto" "$onpid")
-			echo "| $rep | $pool | $proto | direct | $(f1 "$dt") | $(f2 "$dp") | $(ratio "$dt" "$bt") | $(ratio "$dp" "$bp") | - | - | - | - | - |"
-			echo "| $rep | $pool | $proto | PgBouncer | $(f1 "$bt") | $(f2 "$bp") | - | - | - | $(f1 "$bc") | $(f2 "$bw") | $(f2 "$br") | $(f2 "$bs") |"
-			echo "| $rep | $pool | $proto | asyncgate | $(f1 "$ot") | $(f2 "$op") | $(ratio "$ot" "$bt") | $(ratio "$op" "$bp") | - | $(f1 "$oc") | $(f2 "$ow") | $(f2 "$or") | $(f2 "$os") |"
-			echo "| $rep | $pool | $proto | asyncgate --batch | $(f1 "$nt") | $(f2 "$np") | $(ratio "$nt" "$bt") | $(ratio "$np" "$bp") | $(ratio "$nt" "$ot") | $(f1 "$nc") | $(f2 "$nw") | $(f2 "$nr") | $(f2 "$ns") |"
+			read -r ot op oc ow or os og ox < <(run "$offport" app "$proto" "$offpid")
+			read -r nt np nc nw nr ns ng nx < <(run "$onport" app "$proto" "$onpid")
+			echo "| $rep | $pool | $proto | direct | $(f1 "$dt") | $(f2 "$dp") | $(ratio "$dt" "$bt") | $(ratio "$dp" "$bp") | - | - | - | - | - | - | $(f1 "$dx") |"
+			echo "| $rep | $pool | $proto | PgBouncer | $(f1 "$bt") | $(f2 "$bp") | - | - | - | $(f1 "$bc") | $(f2 "$bw") | $(f2 "$br") | $(f2 "$bs") | $(f1 "$bg") | $(f1 "$bx") |"
+			echo "| $rep | $pool | $proto | asyncgate | $(f1 "$ot") | $(f2 "$op") | $(ratio "$ot" "$bt") | $(ratio "$op" "$bp") | - | $(f1 "$oc") | $(f2 "$ow") | $(f2 "$or") | $(f2 "$os") | $(f1 "$og") | $(f1 "$ox") |"
+			echo "| $rep | $pool | $proto | asyncgate --batch | $(f1 "$nt") | $(f2 "$np") | $(ratio "$nt" "$bt") | $(ratio "$np" "$bp") | $(ratio "$nt" "$ot") | $(f1 "$nc") | $(f2 "$nw") | $(f2 "$nr") | $(f2 "$ns") | $(f1 "$ng") | $(f1 "$nx") |"
 		done
 		stopall
 	done
