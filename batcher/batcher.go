@@ -72,6 +72,10 @@ const (
 // Config is a Batcher's settings.
 type Config struct {
 	Pool *pool.Pool
+	// Loop is the event loop the batcher's clients are served by (-1: none): its connections are
+	// asked for on that loop, so that their responses reach the clients without a hand-off
+	// between threads.
+	Loop int
 	// MaxDepth bounds the units in flight on one connection.
 	MaxDepth int
 	// MaxDelay is how long a queued unit may wait for others to fill a batch (0: never wait).
@@ -392,7 +396,7 @@ func (b *Batcher) pick() *bconn {
 
 func (b *Batcher) acquire(w *work) {
 	b.acquiring = true
-	c, withdraw, err := b.cfg.Pool.Acquire(b.acquired)
+	c, withdraw, err := b.cfg.Pool.AcquireOn(b.cfg.Loop, b.acquired)
 	switch {
 	case err != nil:
 		b.acquiring = false
@@ -407,7 +411,9 @@ func (b *Batcher) acquire(w *work) {
 	}
 }
 
-// acquired is the pool's answer to a waiting acquire; it runs on a goroutine of its own.
+// acquired is the pool's answer to a waiting acquire. It may run on the goroutine that gave the
+// connection back, which must not wait for a client: failures are handed over from a goroutine
+// of their own.
 func (b *Batcher) acquired(c *pool.Conn, err error) {
 	var w work
 	b.mu.Lock()
@@ -425,6 +431,10 @@ func (b *Batcher) acquired(c *pool.Conn, err error) {
 		b.settle(&w)
 	}
 	b.mu.Unlock()
+	if len(w.out) > 0 {
+		go b.run(&w)
+		return
+	}
 	b.run(&w)
 }
 

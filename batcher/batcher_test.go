@@ -35,7 +35,7 @@ func newBatcher(t *testing.T, size, depth int) (*Batcher, *pool.Pool, func()) {
 		Name: "test/postgres", Connect: conn, Size: size, MaxQueue: 100,
 		WaitTimeout: 5 * time.Second, ConnectTimeout: 5 * time.Second, CheckDelay: time.Hour,
 	})
-	b := New(Config{Pool: p, MaxDepth: depth})
+	b := New(Config{Pool: p, Loop: -1, MaxDepth: depth})
 	return b, p, func() {
 		b.Close()
 		p.Close()

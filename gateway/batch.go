@@ -23,6 +23,7 @@ import (
 type batchKey struct {
 	pool     *pool.Pool
 	settings uintptr
+	loop     int // the clients' event loop: one batcher per loop keeps responses on their loop
 }
 
 // batchOn reports whether --batch (or batch= in the DSN) covers the client's database and user.
@@ -39,9 +40,12 @@ func (s *Server) batchOn(db *database, user string) bool {
 	return false
 }
 
-// batcherFor returns the batcher of pool p for clients whose tracked settings are want.
-func (s *Server) batcherFor(p *pool.Pool, want map[string]string) *batcher.Batcher {
-	key := batchKey{pool: p, settings: uintptr(reflect.ValueOf(want).UnsafePointer())}
+// batcherFor returns the batcher of pool p for the clients of event loop loop whose tracked
+// settings are want. A batcher per loop: its connections are served by that loop too, so a
+// response goes to its client without a hand-off between loops, during which the connection
+// would stop reading for everyone pipelined on it.
+func (s *Server) batcherFor(p *pool.Pool, want map[string]string, loop int) *batcher.Batcher {
+	key := batchKey{pool: p, settings: uintptr(reflect.ValueOf(want).UnsafePointer()), loop: loop}
 	s.batchMu.Lock()
 	defer s.batchMu.Unlock()
 	if b := s.batchers[key]; b != nil {
@@ -52,6 +56,7 @@ func (s *Server) batcherFor(p *pool.Pool, want map[string]string) *batcher.Batch
 	}
 	b := batcher.New(batcher.Config{
 		Pool:          p,
+		Loop:          loop,
 		MaxDepth:      s.cfg.BatchMaxDepth,
 		MaxDelay:      s.cfg.BatchMaxDelay,
 		Setup:         func(c *pool.Conn) string { return settingsFor(c, want) },
@@ -246,7 +251,7 @@ func (s *session) batchUnit() unitVerdict {
 	if len(s.queued) == 0 {
 		s.queued = nil
 	}
-	b := s.srv.batcherFor(s.pool, s.desired)
+	b := s.srv.batcherFor(s.pool, s.desired, s.io.Loop())
 	u := &batcher.Unit{Msgs: msgs, Needs: needs}
 	u.Client = batchClient{s, u}
 	s.bunit, s.bat = u, b
