@@ -83,10 +83,21 @@ type Config struct {
 	// Setup returns a query that gives a connection the settings every unit of this batcher
 	// expects ("" when it has them); it runs before the first unit on each connection.
 	Setup func(c *pool.Conn) string
+	// MaxConns bounds the connections the batcher holds at once (0: the pool's size).
+	MaxConns int
+	// Group is shared by the batchers of one pool (one per event loop), so that a batcher does
+	// not give connections back merely because another batcher of the pool waits for more.
+	Group *Group
 	// CancelTimeout bounds the delivery of one CancelRequest.
 	CancelTimeout time.Duration
 	Metrics       *Metrics
 	Log           *slog.Logger
+}
+
+// Group counts the connection requests of the batchers sharing a pool.
+type Group struct {
+	waiting atomic.Int64 // batchers waiting for a connection
+	starved atomic.Int64 // of those, batchers holding none
 }
 
 // Batcher queues units for one pool and pipelines them onto connections it borrows from it.
@@ -98,6 +109,7 @@ type Batcher struct {
 	qhead     int
 	conns     []*bconn
 	acquiring bool
+	starved   bool // acquiring with no connection: counted in Group.starved
 	withdraw  func() bool
 	timer     *time.Timer
 	closed    bool
@@ -130,6 +142,12 @@ func New(cfg Config) *Batcher {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics()
+	}
+	if cfg.Group == nil {
+		cfg.Group = &Group{}
+	}
+	if cfg.MaxConns <= 0 || cfg.MaxConns > cfg.Pool.Size() {
+		cfg.MaxConns = cfg.Pool.Size()
 	}
 	return &Batcher{cfg: cfg}
 }
@@ -279,7 +297,9 @@ func (b *Batcher) Close() {
 	}
 	b.queue, b.qhead = nil, 0
 	if b.withdraw != nil {
-		b.withdraw()
+		if b.withdraw() {
+			b.setAcquiring(false)
+		}
 		b.withdraw = nil
 	}
 	if b.timer != nil {
@@ -356,7 +376,7 @@ func (b *Batcher) pump(w *work) {
 		bc.write(u)
 	}
 	b.compact()
-	if (b.qlen() > 0 || shared) && !b.acquiring && len(b.conns) < b.cfg.Pool.Size() {
+	if (b.qlen() > 0 || shared) && !b.acquiring && len(b.conns) < b.cfg.MaxConns {
 		b.acquire(w)
 	}
 }
@@ -394,16 +414,39 @@ func (b *Batcher) pick() *bconn {
 	return best
 }
 
+// setAcquiring notes that a connection request is outstanding, or no longer, in the group's
+// counts as well.
+func (b *Batcher) setAcquiring(on bool) {
+	if on == b.acquiring {
+		return
+	}
+	b.acquiring = on
+	g := b.cfg.Group
+	if on {
+		g.waiting.Add(1)
+		if len(b.conns) == 0 {
+			b.starved = true
+			g.starved.Add(1)
+		}
+		return
+	}
+	g.waiting.Add(-1)
+	if b.starved {
+		b.starved = false
+		g.starved.Add(-1)
+	}
+}
+
 func (b *Batcher) acquire(w *work) {
-	b.acquiring = true
+	b.setAcquiring(true)
 	c, withdraw, err := b.cfg.Pool.AcquireOn(b.cfg.Loop, b.acquired)
 	switch {
 	case err != nil:
-		b.acquiring = false
+		b.setAcquiring(false)
 		b.acquireFailed(err)
 		w.out = append(w.out, b.failQueued(err)...)
 	case c != nil:
-		b.acquiring = false
+		b.setAcquiring(false)
 		b.adopt(c)
 		b.pump(w)
 	default:
@@ -417,7 +460,8 @@ func (b *Batcher) acquire(w *work) {
 func (b *Batcher) acquired(c *pool.Conn, err error) {
 	var w work
 	b.mu.Lock()
-	b.acquiring, b.withdraw = false, nil
+	b.setAcquiring(false)
+	b.withdraw = nil
 	switch {
 	case b.closed:
 		if c != nil {
@@ -491,6 +535,10 @@ func (b *Batcher) release(w *work) {
 	}
 	clear(b.conns[len(keep):])
 	b.conns = keep
+	if b.acquiring && !b.starved && len(b.conns) == 0 {
+		b.starved = true // it lost the connections it had while it asked for more
+		b.cfg.Group.starved.Add(1)
+	}
 }
 
 // write sends u after the statements it needs, noting the responses that are the batcher's own.
@@ -700,11 +748,15 @@ func (b *Batcher) anyRetiring() bool {
 	return false
 }
 
-// othersWait reports whether lenders outside the batcher wait for the pool: a connection whose
-// pipeline empties then goes back, so that units that cannot be batched are not starved.
+// othersWait reports whether others wait for the pool: lenders outside the batchers, or another
+// batcher of the group holding no connection. A connection then stops taking units and goes
+// back once its pipeline is empty, so that units that cannot be batched are not starved.
+// Batchers that hold some connections already do not take them from each other: MaxConns
+// shares the pool between them.
 func (b *Batcher) othersWait() bool {
-	n := b.cfg.Pool.Stats().Waiting
-	if b.acquiring {
+	g := b.cfg.Group
+	n := int64(b.cfg.Pool.Stats().Waiting) - g.waiting.Load() + g.starved.Load()
+	if b.starved {
 		n--
 	}
 	return n > 0

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
 	"time"
 
@@ -54,9 +55,30 @@ func (s *Server) batcherFor(p *pool.Pool, want map[string]string, loop int) *bat
 	if s.batchers == nil {
 		s.batchers = make(map[batchKey]*batcher.Batcher)
 	}
+	// The loops' batchers of one pool and settings share it, at most their share each.
+	gkey := key
+	gkey.loop = -2
+	g := s.batchGroups[gkey]
+	if g == nil {
+		g = &batcher.Group{}
+		if s.batchGroups == nil {
+			s.batchGroups = make(map[batchKey]*batcher.Group)
+		}
+		s.batchGroups[gkey] = g
+	}
+	share := 0
+	if loop >= 0 {
+		loops := s.cfg.Loops
+		if loops <= 0 {
+			loops = runtime.GOMAXPROCS(0)
+		}
+		share = (p.Size() + loops - 1) / loops
+	}
 	b := batcher.New(batcher.Config{
 		Pool:          p,
 		Loop:          loop,
+		MaxConns:      share,
+		Group:         g,
 		MaxDepth:      s.cfg.BatchMaxDepth,
 		MaxDelay:      s.cfg.BatchMaxDelay,
 		Setup:         func(c *pool.Conn) string { return settingsFor(c, want) },

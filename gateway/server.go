@@ -57,6 +57,7 @@ type Server struct {
 
 	batchMu      sync.Mutex
 	batchers     map[batchKey]*batcher.Batcher
+	batchGroups  map[batchKey]*batcher.Group
 	batchMetrics *batcher.Metrics
 
 	mysql mysqlPools // pools of the mysql:// databases (mysql.go)
