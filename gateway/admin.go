@@ -112,7 +112,13 @@ func (s *session) adminMessage(f *wire.Frame) {
 			s.fatal(code, msg)
 			return
 		}
-		out := s.srv.adminQuery(nil, string(q), s.srv.adminRole(s.user))
+		role := s.srv.adminRole(s.user)
+		if words := strings.Fields(strings.TrimRight(strings.TrimSpace(string(q)), ";")); role == roleAdmin &&
+			len(words) > 0 && strings.EqualFold(words[0], "PAUSE") && !strings.Contains(string(q), ";") {
+			s.pauseCommand(words) // answers once the database's backends are all back
+			return
+		}
+		out := s.srv.adminQuery(nil, string(q), role)
 		s.io.Write(wire.AppendReadyForQuery(out, 'I'))
 	default:
 		s.fatal("08P01", fmt.Sprintf("the admin console takes simple Query messages only, not message type %q", f.Type))
@@ -187,7 +193,26 @@ func (s *Server) adminCommand(dst []byte, words []string, role adminRole) ([]byt
 			return nil, &adminError{Code: "42704", Message: fmt.Sprintf("unrecognized configuration parameter %q (SHOW CONFIG lists them)", key)}
 		}
 		return nil, notSupported("SET " + key + " (restart with the flag, or RELOAD for --auth-file)")
-	case "PAUSE", "RESUME", "RECONNECT", "KILL", "KILL_CLIENT", "SUSPEND", "ENABLE", "DISABLE", "WAIT_CLOSE":
+	case "PAUSE", "RESUME", "KILL", "RECONNECT":
+		names, err := s.adminTargets(verb, words)
+		if err != nil {
+			return nil, err
+		}
+		switch verb {
+		case "PAUSE": // within a multi-command message: pauses without waiting
+			s.setPaused(names, true)
+		case "RESUME":
+			s.setPaused(names, false)
+		case "KILL":
+			s.setPaused(names, true)
+			s.killClients(names)
+			s.reconnect(names)
+		case "RECONNECT":
+			s.reconnect(names)
+		}
+		s.log.Info("admin console "+verb, "databases", names)
+		return appendComplete(dst, verb), nil
+	case "KILL_CLIENT", "SUSPEND", "ENABLE", "DISABLE", "WAIT_CLOSE":
 		return nil, notSupported(verb)
 	}
 	return nil, &adminError{Code: "42601", Message: fmt.Sprintf("unknown admin console command %q (SHOW HELP lists them)", words[0])}
@@ -385,7 +410,7 @@ func lent(st pool.Stats) int {
 
 // showPools: cl_active counts clients holding a backend (one per lent connection), so in session
 // mode idle clients that hold theirs count, and in transaction mode only those mid-transaction;
-// maxwait is not tracked yet.
+// cl_waiting includes the clients held by PAUSE; maxwait is not tracked yet.
 func (s *Server) showPools() *adminTable {
 	t := &adminTable{cols: cols("database", "user", "#cl_active", "#cl_waiting", "#cl_active_cancel_req",
 		"#cl_waiting_cancel_req", "#sv_active", "#sv_active_cancel", "#sv_being_canceled", "#sv_idle",
@@ -393,7 +418,11 @@ func (s *Server) showPools() *adminTable {
 	for _, e := range s.poolEntries() {
 		st := e.stats
 		mode := s.modeFor(s.dbs[e.key.database], e.key.user)
-		t.rows = append(t.rows, []any{poolDatabase(e.key), e.key.user, lent(st), st.Waiting, 0,
+		waiting := st.Waiting
+		if e.key.backend == 0 {
+			waiting += s.parkedCount(e.key.database, e.key.user)
+		}
+		t.rows = append(t.rows, []any{poolDatabase(e.key), e.key.user, lent(st), waiting, 0,
 			0, lent(st), 0, 0, st.Idle,
 			0, 0, st.Connecting, 0, 0, mode.String()})
 	}
@@ -524,7 +553,7 @@ func (s *Server) showDatabases() *adminTable {
 		}
 		t.rows = append(t.rows, []any{name, db.conn.Host, int(db.conn.Port), db.conn.Database, force, s.poolSize(db),
 			s.cfg.MinPoolSize, 0, int64(s.cfg.ServerLifetime / time.Second), mode, 0,
-			open[name], 0, 0})
+			open[name], boolInt(db.paused.Load()), 0})
 	}
 	return t
 }

@@ -215,8 +215,8 @@ func TestAdminAccess(t *testing.T) {
 		t.Fatalf("RELOAD: %v", err)
 	}
 	for cmd, code := range map[string]string{
-		"PAUSE":                     "0A000",
-		"KILL appdb":                "0A000",
+		"KILL_CLIENT 1":             "0A000",
+		"KILL nodb":                 "3D000",
 		"SET default_pool_size = 5": "0A000",
 		"SET no_such_setting = 1":   "42704",
 		"FROB":                      "42601",

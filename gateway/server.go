@@ -44,6 +44,8 @@ type Server struct {
 	mu    sync.Mutex
 	pools map[poolKey]*pool.Pool
 
+	pauseMu sync.Mutex // every database's pauseState
+
 	cancelMu sync.Mutex
 	cancels  map[cancelKey]*session
 
@@ -91,6 +93,9 @@ type database struct {
 	hedge    *bool           // hedge given in the DSN, if any
 	batch    *bool           // batch given in the DSN, if any
 	mysql    *gomysql.Config // set for a mysql:// DSN: the database is MySQL's (mysql.go)
+
+	paused atomic.Bool // the admin console paused it; pause has the details
+	pause  pauseState  // guarded by Server.pauseMu
 
 	replicas []*replica        // --replica NAME=DSN for this alias, in flag order
 	gates    []*admission.Gate // admission to the primary (0) and each replica (i), shared by all users

@@ -390,6 +390,9 @@ func (s *session) acquire() {
 	if s.waitStart.IsZero() && s.st != nil {
 		s.waitStart = s.now()
 	}
+	if s.park() {
+		return // the database is paused (admin console PAUSE or KILL): RESUME goes on
+	}
 	s.leaveReplica()
 	if r := s.chooseReplica(); r != nil {
 		r.outstanding.Add(1)

@@ -82,6 +82,7 @@ type Conn struct {
 	kick     chan struct{}   // wakes the writer
 	gone     chan struct{}   // closed when the connection broke
 	created  time.Time
+	gen      uint64    // the pool's generation when it was opened: older ones retire (Reconnect)
 	lastUsed time.Time // guarded by pool.mu
 
 	mu   sync.Mutex

@@ -54,6 +54,7 @@ type Pool struct {
 
 	breaker  *breaker      // nil when off
 	failures atomic.Uint64 // backend failures seen, breaker or not
+	gen      atomic.Uint64 // bumped by Reconnect
 
 	mu         sync.Mutex
 	all        map[*Conn]struct{}
@@ -416,7 +417,7 @@ func (p *Pool) put(c *Conn, checked bool) {
 		p.checking--
 	}
 	c.lastUsed = time.Now()
-	if p.closed || c.Err() != nil {
+	if p.closed || c.Err() != nil || p.retired(c) {
 		p.mu.Unlock()
 		c.Close()
 		return
@@ -625,6 +626,7 @@ func (p *Pool) dial(ctx context.Context) (*Conn, error) {
 		Params:    hc.ParameterStatuses,
 		Frames:    NewBackendDecoder(),
 		created:   time.Now(),
+		gen:       p.gen.Load(),
 		Settings:  make(map[string]string),
 		stmts:     newStmtCache(p.cfg.MaxPrepared),
 		sink:      idleSink{},
