@@ -45,7 +45,7 @@ const (
 
 // isAdminDatabase reports whether a client asking for name wants the console.
 func (s *Server) isAdminDatabase(name string) bool {
-	if _, ok := s.dbs[name]; ok {
+	if _, ok := s.databases()[name]; ok {
 		return false
 	}
 	return slices.Contains(adminDatabases, name)
@@ -54,9 +54,9 @@ func (s *Server) isAdminDatabase(name string) bool {
 // adminRole is what user may do on the console.
 func (s *Server) adminRole(user string) adminRole {
 	switch {
-	case slices.Contains(s.cfg.AdminUsers, user):
+	case slices.Contains(s.conf().AdminUsers, user):
 		return roleAdmin
-	case slices.Contains(s.cfg.StatsUsers, user):
+	case slices.Contains(s.conf().StatsUsers, user):
 		return roleStats
 	}
 	return roleNone
@@ -173,10 +173,9 @@ func (s *Server) adminCommand(dst []byte, words []string, role adminRole) ([]byt
 		t := show(s)
 		return t.append(dst, "SHOW"), nil
 	case "RELOAD":
-		if err := s.ReloadUsers(); err != nil {
-			return nil, &adminError{Code: "58000", Message: err.Error()}
+		if err := s.reloadCommand(); err != nil {
+			return nil, err
 		}
-		s.log.Info("reloaded --auth-file (admin console RELOAD)")
 		return appendComplete(dst, "RELOAD"), nil
 	case "SHUTDOWN":
 		if !s.stopAccepting() {
@@ -185,14 +184,10 @@ func (s *Server) adminCommand(dst []byte, words []string, role adminRole) ([]byt
 		s.log.Info("shutting down (admin console SHUTDOWN)")
 		return appendComplete(dst, "SHUTDOWN"), nil
 	case "SET":
-		key := ""
-		if len(words) > 1 {
-			key, _, _ = strings.Cut(strings.ToLower(words[1]), "=")
+		if err := s.setCommand(words); err != nil {
+			return nil, err
 		}
-		if _, ok := s.configByKey()[key]; !ok {
-			return nil, &adminError{Code: "42704", Message: fmt.Sprintf("unrecognized configuration parameter %q (SHOW CONFIG lists them)", key)}
-		}
-		return nil, notSupported("SET " + key + " (restart with the flag, or RELOAD for --auth-file)")
+		return appendComplete(dst, "SET"), nil
 	case "PAUSE", "RESUME", "KILL", "RECONNECT":
 		names, err := s.adminTargets(verb, words)
 		if err != nil {
@@ -417,7 +412,7 @@ func (s *Server) showPools() *adminTable {
 		"#sv_used", "#sv_tested", "#sv_login", "#maxwait", "#maxwait_us", "pool_mode")}
 	for _, e := range s.poolEntries() {
 		st := e.stats
-		mode := s.modeFor(s.dbs[e.key.database], e.key.user)
+		mode := s.modeFor(s.databases()[e.key.database], e.key.user)
 		waiting := st.Waiting
 		if e.key.backend == 0 {
 			waiting += s.parkedCount(e.key.database, e.key.user)
@@ -504,7 +499,7 @@ func (s *Server) showServers() *adminTable {
 
 // backendAddr is the host and port a pool connects to.
 func (s *Server) backendAddr(k poolKey) (string, int) {
-	db := s.dbs[k.database]
+	db := s.databases()[k.database]
 	if db == nil {
 		return "", 0
 	}
@@ -516,15 +511,18 @@ func (s *Server) backendAddr(k poolKey) (string, int) {
 }
 
 func (s *Server) poolSize(db *database) int {
-	if db.poolSize > 0 {
-		return db.poolSize
+	s.mu.Lock() // a reload may change it
+	size := db.poolSize
+	s.mu.Unlock()
+	if size > 0 {
+		return size
 	}
-	return s.cfg.PoolSize
+	return s.conf().PoolSize
 }
 
 func (s *Server) databaseNames() []string {
-	names := make([]string, 0, len(s.dbs))
-	for n := range s.dbs {
+	names := make([]string, 0, len(s.databases()))
+	for n := range s.databases() {
 		names = append(names, n)
 	}
 	slices.Sort(names)
@@ -542,7 +540,7 @@ func (s *Server) showDatabases() *adminTable {
 		open[e.key.database] += e.stats.Open
 	}
 	for _, name := range s.databaseNames() {
-		db := s.dbs[name]
+		db := s.databases()[name]
 		var force any
 		if db.ownUser {
 			force = db.conn.User
@@ -552,7 +550,7 @@ func (s *Server) showDatabases() *adminTable {
 			mode = db.mode.String()
 		}
 		t.rows = append(t.rows, []any{name, db.conn.Host, int(db.conn.Port), db.conn.Database, force, s.poolSize(db),
-			s.cfg.MinPoolSize, 0, int64(s.cfg.ServerLifetime / time.Second), mode, 0,
+			s.conf().MinPoolSize, 0, int64(s.cfg.ServerLifetime / time.Second), mode, 0,
 			open[name], boolInt(db.paused.Load()), 0})
 	}
 	return t
@@ -610,7 +608,7 @@ type configEntry struct{ key, value, def string }
 // knob, else under the flag's name with '_' for '-'.
 func (s *Server) configEntries() []configEntry {
 	d := Defaults()
-	c := s.cfg
+	c := *s.conf()
 	secs := func(v time.Duration) string { return strconv.FormatInt(int64(v/time.Second), 10) }
 	num := strconv.Itoa
 	return []configEntry{
@@ -707,7 +705,7 @@ func (s *Server) showLists() *adminTable {
 		name string
 		n    int64
 	}{
-		{"databases", int64(len(s.dbs))},
+		{"databases", int64(len(s.databases()))},
 		{"users", int64(users)},
 		{"peers", 0},
 		{"pools", int64(len(entries))},
@@ -775,13 +773,13 @@ func (s *Server) showQueues() *adminTable {
 // hedgeable read are 1 + (hedged + retried)/sent.
 func (s *Server) showHedges() *adminTable {
 	t := &adminTable{cols: cols("database", "#sent", "#hedged", "#won_by_hedge", "#cancelled", "#denied", "#skipped", "#retried", "#delay_us")}
-	for _, name := range slices.Sorted(maps.Keys(s.dbs)) {
-		if s.dbs[name].reads.hedging == nil {
+	for _, name := range slices.Sorted(maps.Keys(s.databases())) {
+		if s.databases()[name].reads.hedging == nil {
 			continue
 		}
 		st := s.HedgeStats(name)
 		t.rows = append(t.rows, []any{name, st.Sent, st.Hedged, st.WonByHedge, st.Cancelled, st.Denied, st.Skipped, st.Retried,
-			s.dbs[name].reads.hedging.delay.Current().Microseconds()})
+			s.databases()[name].reads.hedging.delay.Current().Microseconds()})
 	}
 	return t
 }

@@ -215,13 +215,15 @@ func TestAdminAccess(t *testing.T) {
 		t.Fatalf("RELOAD: %v", err)
 	}
 	for cmd, code := range map[string]string{
-		"KILL_CLIENT 1":             "0A000",
-		"KILL nodb":                 "3D000",
-		"SET default_pool_size = 5": "0A000",
-		"SET no_such_setting = 1":   "42704",
-		"FROB":                      "42601",
-		"SHOW FROBS":                "42601",
-		"SELECT 1":                  "42601",
+		"KILL_CLIENT 1":              "0A000",
+		"KILL nodb":                  "3D000",
+		"SET no_such_setting = 1":    "42704",
+		"SET pool_mode = statement":  "55P02",
+		"SET max_client_conn = lots": "22023",
+		"SET default_pool_size = 0":  "22023",
+		"FROB":                       "42601",
+		"SHOW FROBS":                 "42601",
+		"SELECT 1":                   "42601",
 	} {
 		_, err := admin.Exec(ctxT(t), cmd, pgx.QueryExecModeSimpleProtocol)
 		if pgCode(err) != code {

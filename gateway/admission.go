@@ -94,7 +94,7 @@ func (s *Server) initAdmission() error {
 
 // newGates opens one gate per backend of db.
 func (s *Server) newGates(db *database) {
-	size := s.cfg.PoolSize
+	size := s.conf().PoolSize
 	if db.poolSize > 0 {
 		size = db.poolSize
 	}
@@ -302,7 +302,7 @@ func (c admissionCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c admissionCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
 	for _, name := range s.databaseNames() {
-		for i, g := range s.dbs[name].gates {
+		for i, g := range s.databases()[name].gates {
 			st := g.Stats()
 			b := strconv.Itoa(i)
 			ch <- prometheus.MustNewConstMetric(descGateRunning, prometheus.GaugeValue, float64(st.Running), name, b)
@@ -329,7 +329,7 @@ func (c admissionCollector) Collect(ch chan<- prometheus.Metric) {
 // Admission returns the state of the gate in front of a database alias's primary (backend 0) or
 // its i-th replica, and false if there is no such backend.
 func (s *Server) Admission(database string, backend int) (admission.GateStats, bool) {
-	db, ok := s.dbs[database]
+	db, ok := s.databases()[database]
 	if !ok || backend < 0 || backend >= len(db.gates) {
 		return admission.GateStats{}, false
 	}

@@ -98,6 +98,10 @@ type Config struct {
 	StatsUsers    []string // may run the admin console's SHOW commands only
 	MetricsListen string   // address of the HTTP server for /metrics, /healthz, /readyz ("": off)
 
+	// Reload rereads the configuration for the admin console's RELOAD (nil: RELOAD rereads
+	// --auth-file only); its result goes to Server.Reload.
+	Reload func() (Config, error)
+
 	Log *slog.Logger
 }
 

@@ -62,7 +62,7 @@ func (s *Server) setupHedging(db *database) {
 // HedgeStats reports the hedged reads of database alias db: reads that could have been hedged,
 // hedges sent, races the hedge won, attempts cancelled, hedges the budget refused.
 func (s *Server) HedgeStats(db string) hedge.StatsSnapshot {
-	if d, ok := s.dbs[db]; ok && d.reads.hedging != nil {
+	if d, ok := s.databases()[db]; ok && d.reads.hedging != nil {
 		return d.reads.hedging.stats.Snapshot()
 	}
 	return hedge.StatsSnapshot{}
@@ -762,7 +762,7 @@ func (c hedgeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c hedgeCollector) Collect(ch chan<- prometheus.Metric) {
-	for name, db := range c.s.dbs {
+	for name, db := range c.s.databases() {
 		h := db.reads.hedging
 		if h == nil {
 			continue

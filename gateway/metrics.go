@@ -62,7 +62,7 @@ func (s *Server) ready() bool {
 			states[e.key.database] = append(states[e.key.database], e.pool.BreakerState())
 		}
 	}
-	for name := range s.dbs {
+	for name := range s.databases() {
 		st := states[name]
 		if len(st) == 0 || slices.ContainsFunc(st, func(v string) bool { return v != "open" }) {
 			return true
@@ -140,11 +140,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
 	}
 	gauge(descClients, float64(s.clients.Load()))
-	gauge(descClientLimit, float64(s.cfg.MaxClientConn))
+	gauge(descClientLimit, float64(s.conf().MaxClientConn))
 	gauge(descPinned, float64(s.PinnedClients()))
 	gauge(descListen, float64(s.ListenChannels()))
 	for _, name := range s.databaseNames() {
-		if len(s.dbs[name].replicas) > 0 {
+		if len(s.databases()[name].replicas) > 0 {
 			counter(descReplicaReads, float64(s.ReplicaReads(name)), name)
 		}
 	}

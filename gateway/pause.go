@@ -30,7 +30,7 @@ func (s *Server) adminTargets(verb string, words []string) ([]string, *adminErro
 		return s.databaseNames(), nil
 	case 2:
 		name := strings.Trim(words[1], `"`)
-		if _, ok := s.dbs[name]; !ok {
+		if _, ok := s.databases()[name]; !ok {
 			return nil, &adminError{Code: "3D000", Message: fmt.Sprintf("%s: no database %q (SHOW DATABASES lists them)", verb, name)}
 		}
 		return []string{name}, nil
@@ -43,7 +43,7 @@ func (s *Server) setPaused(names []string, paused bool) {
 	var wake []*session
 	s.pauseMu.Lock()
 	for _, name := range names {
-		db := s.dbs[name]
+		db := s.databases()[name]
 		db.pause.paused = paused
 		db.paused.Store(paused)
 		if !paused {
@@ -52,8 +52,13 @@ func (s *Server) setPaused(names []string, paused bool) {
 		}
 	}
 	s.pauseMu.Unlock()
-	for _, sess := range wake {
-		sess.io.Exec(sess.unpark)
+	if len(wake) > 0 {
+		// Exec may wait for the sessions' loops; the console's own may be one of them.
+		go func() {
+			for _, sess := range wake {
+				sess.io.Exec(sess.unpark)
+			}
+		}()
 	}
 }
 
@@ -133,8 +138,13 @@ func (s *session) pauseCommand(words []string) {
 	}()
 }
 
-// killClients closes the clients of the databases names (not console clients).
+// killClients closes the clients of the databases names (not console clients). It returns at
+// once: Exec may wait for a session's loop, and the console asking runs on one.
 func (s *Server) killClients(names []string) {
+	go s.killClientsNow(names)
+}
+
+func (s *Server) killClientsNow(names []string) {
 	s.cancelMu.Lock()
 	sessions := make([]*session, 0, len(s.cancels))
 	for _, sess := range s.cancels {
@@ -168,7 +178,7 @@ func boolInt(b bool) int {
 
 // parkedCount is how many of user's clients of database wait for RESUME.
 func (s *Server) parkedCount(database, user string) int {
-	db := s.dbs[database]
+	db := s.databases()[database]
 	if db == nil {
 		return 0
 	}

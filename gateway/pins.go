@@ -442,7 +442,7 @@ func (s *session) holdPinned() {
 		expire()
 		return
 	}
-	if idle := s.srv.cfg.ClientIdleTimeout; idle <= 0 || left < idle {
+	if idle := s.srv.conf().ClientIdleTimeout; idle <= 0 || left < idle {
 		s.arm(left, func() {
 			if s.pinned() && s.slots.empty() {
 				expire()

@@ -72,7 +72,7 @@ func (s *session) startWork() {
 			s.xactStart = now
 		}
 	}
-	if d := s.srv.cfg.QueryTimeout; d > 0 {
+	if d := s.srv.conf().QueryTimeout; d > 0 {
 		s.arm(d, func() {
 			s.timedOut = true
 			s.requestCancel()
@@ -160,7 +160,7 @@ func (s *session) classify(f *wire.Frame) bool {
 	case 'E':
 		if s.timedOut && !internal {
 			if _, code, _, err := wire.ErrorFields(f.Body); err == nil && string(code) == "57014" {
-				msg := fmt.Sprintf("canceling statement due to query timeout (--query-timeout %s)", s.srv.cfg.QueryTimeout)
+				msg := fmt.Sprintf("canceling statement due to query timeout (--query-timeout %s)", s.srv.conf().QueryTimeout)
 				s.io.Write(wire.AppendError(nil, "ERROR", "57014", msg))
 				s.requestFailed("gateway", "57014", msg)
 				return false

@@ -98,7 +98,7 @@ func (s *Server) addReplicas(db *database, dsns []string) error {
 
 // ReplicaReads reports how many request units of database alias db ran on one of its replicas.
 func (s *Server) ReplicaReads(db string) int64 {
-	if d, ok := s.dbs[db]; ok {
+	if d, ok := s.databases()[db]; ok {
 		return d.reads.replicaRun.Load()
 	}
 	return 0

@@ -32,8 +32,11 @@ type Server struct {
 	log    *slog.Logger
 	tls    *tls.Config
 	driver loop.Driver
-	dbs    map[string]*database
-	users  atomic.Pointer[auth.Userlist]
+	dbs    atomic.Pointer[map[string]*database] // replaced whole when a reload adds one
+	live   atomic.Pointer[Config]               // the reloadable settings as last reloaded (conf)
+
+	reloadMu sync.Mutex // one reload at a time
+	users    atomic.Pointer[auth.Userlist]
 
 	clients atomic.Int64 // sessions past their StartupMessage, against --max-client-conn
 	adm     admissionState
@@ -113,11 +116,11 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		log:     cfg.Log,
-		dbs:     make(map[string]*database),
 		pools:   make(map[poolKey]*pool.Pool),
 		cancels: make(map[cancelKey]*session),
 	}
 	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.live.Store(&cfg)
 	s.metrics = newUnitMetrics()
 	s.stats.prevAt = time.Now()
 	s.batchMetrics = batcher.NewMetrics()
@@ -142,6 +145,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	dbs := make(map[string]*database, len(cfg.Databases))
 	for name, dsn := range cfg.Databases {
 		db, err := parseDatabase(name, dsn)
 		if err != nil {
@@ -154,8 +158,9 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 		s.newGates(db)
-		s.dbs[name] = db
+		dbs[name] = db
 	}
+	s.dbs.Store(&dbs)
 	if cfg.MaxMemory > 0 {
 		s.watchers.Add(1)
 		go s.memoryGuard()
@@ -231,17 +236,21 @@ func parseDatabase(name, dsn string) (*database, error) {
 
 // ReloadUsers rereads --auth-file; sessions already logged in are not affected.
 func (s *Server) ReloadUsers() error {
-	if s.cfg.AuthFile == "" {
+	file := s.conf().AuthFile
+	if file == "" {
 		s.users.Store(&auth.Userlist{})
 		return nil
 	}
-	ul, err := auth.LoadUserlist(s.cfg.AuthFile)
+	ul, err := auth.LoadUserlist(file)
 	if err != nil {
 		return fmt.Errorf("--auth-file: %w", err)
 	}
 	s.users.Store(ul)
 	return nil
 }
+
+// databases is the configured aliases; the map is never changed, only replaced.
+func (s *Server) databases() map[string]*database { return *s.dbs.Load() }
 
 // Serve accepts clients from ln until ln is closed.
 func (s *Server) Serve(ln net.Listener) error {
@@ -260,7 +269,7 @@ func (s *Server) Shutdown() {
 	pools := s.pools
 	s.pools = make(map[poolKey]*pool.Pool)
 	s.mu.Unlock()
-	for _, db := range s.dbs {
+	for _, db := range s.databases() {
 		for _, g := range db.gates {
 			g.Close()
 		}
@@ -341,7 +350,7 @@ func (s *Server) backendPool(db *database, user string, backend int) *pool.Pool 
 		name = fmt.Sprintf("%s/replica%d", name, backend)
 		conn = s.loginConfig(r.conn, r.ownUser, user)
 	}
-	size := s.cfg.PoolSize
+	size := s.conf().PoolSize
 	if db.poolSize > 0 {
 		size = db.poolSize
 	}
@@ -350,7 +359,7 @@ func (s *Server) backendPool(db *database, user string, backend int) *pool.Pool 
 		Connect:     conn,
 		Size:        size + s.cfg.ReservePoolSize,
 		MaxPrepared: s.cfg.MaxPrepared,
-		MinSize:     s.cfg.MinPoolSize,
+		MinSize:     min(s.conf().MinPoolSize, size),
 		// The gate bounds the units that ask: the pool's own queue holds at most its slots, and
 		// only while connections open.
 		WaitTimeout:    s.cfg.QueryWaitTimeout,
@@ -445,7 +454,7 @@ func (s *Server) modeFor(db *database, user string) poolMode {
 
 // admitClient counts a client against --max-client-conn.
 func (s *Server) admitClient() bool {
-	if s.clients.Add(1) > int64(s.cfg.MaxClientConn) {
+	if s.clients.Add(1) > int64(s.conf().MaxClientConn) {
 		s.clients.Add(-1)
 		return false
 	}

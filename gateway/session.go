@@ -148,7 +148,7 @@ func newSession(srv *Server, io loop.Conn) *session {
 	cfg.Inspect['X'] = true
 	s.in = wire.NewDecoder(cfg)
 	s.in.ExpectStartup()
-	if d := srv.cfg.ClientLoginTimeout; d > 0 {
+	if d := srv.conf().ClientLoginTimeout; d > 0 {
 		s.arm(d, func() {
 			if s.state < stLinked {
 				s.fatal("08P01", fmt.Sprintf("login not completed within %s (--client-login-timeout)", d))
@@ -291,7 +291,7 @@ func (s *session) login(st *wire.Startup) {
 	}
 	if !s.srv.admitClient() {
 		s.srv.reject(rejectClients, st.Params["database"], st.Params["user"])
-		s.fatal("53300", fmt.Sprintf("no more connections allowed: %d clients connected (--max-client-conn)", s.srv.cfg.MaxClientConn))
+		s.fatal("53300", fmt.Sprintf("no more connections allowed: %d clients connected (--max-client-conn)", s.srv.conf().MaxClientConn))
 		return
 	}
 	s.counted = true
@@ -358,7 +358,7 @@ func (s *session) authenticated() {
 		s.adminLogin() // admin.go: answered by the gateway itself, no backend
 		return
 	}
-	db, ok := s.srv.dbs[name]
+	db, ok := s.srv.databases()[name]
 	if !ok {
 		s.fatal("3D000", fmt.Sprintf("database %q does not exist (no --database %s=… is configured)", name, name))
 		return
@@ -766,12 +766,12 @@ func (s *session) afterUnit() {
 		return
 	}
 	if s.txStatus == 'I' {
-		s.arm(s.srv.cfg.ClientIdleTimeout, func() {
-			s.fatal("57P05", fmt.Sprintf("terminating connection due to idle timeout (--client-idle-timeout %s)", s.srv.cfg.ClientIdleTimeout))
+		s.arm(s.srv.conf().ClientIdleTimeout, func() {
+			s.fatal("57P05", fmt.Sprintf("terminating connection due to idle timeout (--client-idle-timeout %s)", s.srv.conf().ClientIdleTimeout))
 		})
 	} else {
-		s.arm(s.srv.cfg.IdleTxTimeout, func() {
-			s.fatal("25P03", fmt.Sprintf("terminating connection due to idle-in-transaction timeout (--idle-transaction-timeout %s)", s.srv.cfg.IdleTxTimeout))
+		s.arm(s.srv.conf().IdleTxTimeout, func() {
+			s.fatal("25P03", fmt.Sprintf("terminating connection due to idle-in-transaction timeout (--idle-transaction-timeout %s)", s.srv.conf().IdleTxTimeout))
 		})
 	}
 	if s.mode == sessionMode || s.be == nil || s.txStatus != 'I' || s.cancelling {
