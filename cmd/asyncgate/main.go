@@ -34,7 +34,29 @@ func main() {
 	}
 }
 
+// options are the command line's settings that are not the gateway's.
+type options struct {
+	shutdownTimeout time.Duration
+	cpuProfile      string
+	reusePort       bool
+}
+
 func run(args []string) error {
+	cfg, o, err := parseConfig(args)
+	if err != nil {
+		return err
+	}
+	// RELOAD on the admin console and SIGHUP read the command line and the config file again.
+	cfg.Reload = func() (gateway.Config, error) {
+		next, _, err := parseConfig(args)
+		return next, err
+	}
+	return serve(cfg, o)
+}
+
+// parseConfig reads the command line, then the config file for what the command line left
+// alone. The config file's keys are resolved through the flag set, so every flag has one.
+func parseConfig(args []string) (gateway.Config, options, error) {
 	cfg := gateway.Defaults()
 	fs := flag.NewFlagSet("asyncgate", flag.ContinueOnError)
 	var configFile, authType, logLevel string
@@ -199,27 +221,39 @@ func run(args []string) error {
 	durationVar(fs, &shutdownTimeout, "shutdown-timeout", "on SIGTERM, how long running transactions may take to finish before they are cancelled (SIGINT: at once)")
 	var cpuProfile string
 	fs.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile to `FILE` until shutdown (for performance work)")
-	if err := fs.Parse(args); err != nil {
+	var reusePort bool
+	fs.Func("reuse-port", "on: listen with SO_REUSEPORT, so that a new asyncgate can bind the same --listen address while this one still runs, and take over without refusing a connection (stop the old one with SIGTERM once the new one listens) (default off)", func(v string) error {
+		on, err := parseOnOff(v)
+		reusePort = on
 		return err
+	})
+	if err := fs.Parse(args); err != nil {
+		return cfg, options{}, err
 	}
 	if configFile != "" {
 		if err := applyConfigFile(fs, configFile); err != nil {
-			return err
+			return cfg, options{}, err
 		}
 	}
 	var err error
 	if cfg.AuthType, err = auth.ParseMethod(authType); err != nil {
-		return fmt.Errorf("--auth-type: %w", err)
+		return cfg, options{}, fmt.Errorf("--auth-type: %w", err)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+		return cfg, options{}, fmt.Errorf("--log-level: %w", err)
 	}
 	handler, err := logHandler(logFormat, &slog.HandlerOptions{Level: level})
 	if err != nil {
-		return err
+		return cfg, options{}, err
 	}
 	cfg.Log = slog.New(handler)
+	return cfg, options{shutdownTimeout: shutdownTimeout, cpuProfile: cpuProfile, reusePort: reusePort}, nil
+}
+
+// serve runs the gateway until a signal or the console's SHUTDOWN stops it.
+func serve(cfg gateway.Config, o options) error {
+	cpuProfile, shutdownTimeout := o.cpuProfile, o.shutdownTimeout
 
 	if limit, err := loop.RaiseFileLimit(); err != nil {
 		cfg.Log.Warn("could not raise the open files limit", "err", err)
@@ -241,7 +275,7 @@ func run(args []string) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := listen(cfg.Listen, o.reusePort)
 	if err != nil {
 		return fmt.Errorf("--listen: %w", err)
 	}
@@ -269,11 +303,12 @@ func run(args []string) error {
 	go func() {
 		for sig := range sigs {
 			if sig == syscall.SIGHUP {
-				if err := srv.ReloadUsers(); err != nil {
-					cfg.Log.Error("reload failed", "err", err)
-				} else {
-					cfg.Log.Info("reloaded --auth-file")
+				next, err := cfg.Reload()
+				if err != nil {
+					cfg.Log.Error("reload rejected: the configuration does not parse", "err", err)
+					continue
 				}
+				srv.Reload(next) // logs what it applied and rejected
 				continue
 			}
 			cfg.Log.Info("shutting down", "signal", sig.String())

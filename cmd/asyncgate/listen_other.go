@@ -1,0 +1,16 @@
+//go:build !unix
+
+package main
+
+import (
+	"errors"
+	"net"
+)
+
+// listen opens the client listener; SO_REUSEPORT (--reuse-port) needs a Unix system.
+func listen(addr string, reusePort bool) (net.Listener, error) {
+	if reusePort {
+		return nil, errors.New("--reuse-port: SO_REUSEPORT is not available on this system")
+	}
+	return net.Listen("tcp", addr)
+}
