@@ -173,8 +173,12 @@ func (s *Server) adminCommand(dst []byte, words []string, role adminRole) ([]byt
 		t := show(s)
 		return t.append(dst, "SHOW"), nil
 	case "RELOAD":
-		if err := s.reloadCommand(); err != nil {
+		warning, err := s.reloadCommand()
+		if err != nil {
 			return nil, err
+		}
+		if warning != "" {
+			dst = mustAppend(dst, &pgproto3.NoticeResponse{Severity: "WARNING", SeverityUnlocalized: "WARNING", Code: "01000", Message: warning})
 		}
 		return appendComplete(dst, "RELOAD"), nil
 	case "SHUTDOWN":

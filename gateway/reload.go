@@ -250,24 +250,25 @@ func (s *Server) setCommand(words []string) *adminError {
 }
 
 // reloadCommand runs the console's RELOAD: the whole configuration when the caller gave a way to
-// reread it (Config.Reload), else the auth file.
-func (s *Server) reloadCommand() *adminError {
+// reread it (Config.Reload), else the auth file. A configuration that does not parse is an
+// error; changes that need a restart are a warning (a NoticeResponse), as what could be applied
+// was.
+func (s *Server) reloadCommand() (warning string, _ *adminError) {
 	if s.cfg.Reload == nil {
 		if err := s.ReloadUsers(); err != nil {
-			return &adminError{Code: "58000", Message: err.Error()}
+			return "", &adminError{Code: "58000", Message: err.Error()}
 		}
 		s.log.Info("reloaded --auth-file (admin console RELOAD)")
-		return nil
+		return "", nil
 	}
 	next, err := s.cfg.Reload()
 	if err != nil {
-		s.log.Warn("reload rejected", "err", err)
-		return &adminError{Code: "58000", Message: "RELOAD: " + err.Error()}
+		s.log.Warn("reload rejected: the configuration does not parse", "err", err)
+		return "", &adminError{Code: "58000", Message: "RELOAD: " + err.Error()}
 	}
 	res := s.Reload(next)
 	if len(res.Rejected) > 0 {
-		// Applied what it could; say what it could not, as a notice would be missed by scripts.
-		return &adminError{Code: "55P02", Message: "RELOAD applied " + strconv.Itoa(len(res.Applied)) + " changes; rejected: " + strings.Join(res.Rejected, "; ")}
+		return "RELOAD applied " + strconv.Itoa(len(res.Applied)) + " changes; not applied: " + strings.Join(res.Rejected, "; "), nil
 	}
-	return nil
+	return "", nil
 }
