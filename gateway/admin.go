@@ -69,6 +69,7 @@ func (s *session) adminLogin() {
 		return
 	}
 	s.disarm()
+	s.loginDone()
 	s.state = stAdmin
 	s.txStatus = 'I'
 	// Queries are read whole so they can be parsed; within a small bound, as commands are short.

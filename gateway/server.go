@@ -40,6 +40,7 @@ type Server struct {
 
 	clients atomic.Int64 // sessions past their StartupMessage, against --max-client-conn
 	adm     admissionState
+	logins  atomic.Int64 // of those, the ones still logging in (Drain waits for them)
 
 	listener atomic.Pointer[net.Listener] // what Serve accepts from, for the console's SHUTDOWN
 	shutdown atomic.Bool                  // Shutdown has begun: health checks fail
@@ -288,14 +289,14 @@ func (s *Server) Shutdown() {
 }
 
 // Drain waits until no backend connection is lent out, which in transaction and statement modes
-// means no transaction is running, or until ctx ends. It reports whether it saw none. Call it
+// means no transaction is running, and no client is logging in, or until ctx ends. It reports whether it saw none. Call it
 // after the listener is closed: clients already connected may still start transactions, and
 // those are waited for too (session-mode clients hold their backend until they leave).
 func (s *Server) Drain(ctx context.Context) bool {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if s.lentBackends() == 0 {
+		if s.lentBackends() == 0 && s.logins.Load() == 0 {
 			return true
 		}
 		select {

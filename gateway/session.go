@@ -43,6 +43,7 @@ type session struct {
 	state      state
 	tlsPending bool // answered 'S' to SSLRequest; nothing may follow until the handshake
 	counted    bool // holds a --max-client-conn slot
+	loggingIn  bool // counted in Server.logins
 	timer      func() bool
 
 	user     string
@@ -156,6 +157,14 @@ func newSession(srv *Server, io loop.Conn) *session {
 		})
 	}
 	return s
+}
+
+// loginDone ends the client's count as logging in, if it was.
+func (s *session) loginDone() {
+	if s.loggingIn {
+		s.loggingIn = false
+		s.srv.logins.Add(-1)
+	}
 }
 
 // arm replaces the session's one pending deadline.
@@ -300,6 +309,8 @@ func (s *session) login(st *wire.Startup) {
 		return
 	}
 	s.limitDB, s.limitUser, s.limited = st.Params["database"], st.Params["user"], true
+	s.loggingIn = true
+	s.srv.logins.Add(1)
 	if st.Version != wire.ProtocolVersion30 {
 		var unknown []string
 		for k := range st.Params {
@@ -637,6 +648,7 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 // ready completes the login: the server's parameters, our own cancel key, ReadyForQuery.
 func (s *session) ready() {
 	s.disarm()
+	s.loginDone()
 	s.srv.log.Info("login", "user", s.user, "database", s.db.name, "addr", s.io.RemoteAddr(), "pool_mode", s.mode.String())
 	for name, value := range s.be.Params {
 		s.io.Write(wire.AppendParameterStatus(nil, name, value))
@@ -914,6 +926,7 @@ func (s *session) OnClose(err error) {
 	if s.limited {
 		s.srv.leaveLogin(s.limitDB, s.limitUser)
 	}
+	s.loginDone()
 	if s.pt != nil && s.pt.counted {
 		s.pt.counted = false
 		s.srv.pinned.Add(-1)

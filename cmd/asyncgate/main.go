@@ -313,6 +313,13 @@ func serve(cfg gateway.Config, o options) error {
 			}
 			cfg.Log.Info("shutting down", "signal", sig.String())
 			graceful.Store(sig == syscall.SIGTERM)
+			if sig == syscall.SIGTERM && o.reusePort {
+				// A successor may listen on the same port: let it take the new connections
+				// and accept what is already queued here before closing.
+				if err := handOver(ln, time.Second); err != nil {
+					cfg.Log.Warn("--reuse-port hand-over", "err", err)
+				}
+			}
 			ln.Close()
 			return
 		}
