@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/gateway/auth"
 	"github.com/asyncgate/asyncgate/hedge"
@@ -97,6 +99,9 @@ type Config struct {
 	AdminUsers    []string // may use every admin console command (database asyncgate or pgbouncer)
 	StatsUsers    []string // may run the admin console's SHOW commands only
 	MetricsListen string   // address of the HTTP server for /metrics, /healthz, /readyz ("": off)
+
+	// TracerProvider makes a span of each request unit (nil: no tracing); --otlp-endpoint.
+	TracerProvider trace.TracerProvider
 
 	// Reload rereads the configuration for the admin console's RELOAD (nil: RELOAD rereads
 	// --auth-file only); its result goes to Server.Reload.

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/asyncgate/asyncgate/pool"
 	"github.com/asyncgate/asyncgate/wire"
 )
 
@@ -164,7 +165,9 @@ func (s *Server) killClientsNow(names []string) {
 func (s *Server) reconnect(names []string) {
 	for _, e := range s.poolEntries() {
 		if slices.Contains(names, e.key.database) {
-			e.pool.Reconnect()
+			if p, ok := e.pool.(*pool.Pool); ok { // a MySQL pool has no RECONNECT yet
+				p.Reconnect()
+			}
 		}
 	}
 }

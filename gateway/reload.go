@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/asyncgate/asyncgate/admission"
+	"github.com/asyncgate/asyncgate/pool"
 )
 
 // Reloading the configuration (SIGHUP, the admin console's RELOAD and SET). What can change
@@ -30,7 +31,7 @@ var reloadable = map[string]bool{
 	"PoolSize": true, "MinPoolSize": true, "MaxClientConn": true, "QueryTimeout": true,
 	"ClientIdleTimeout": true, "IdleTxTimeout": true, "ClientLoginTimeout": true,
 	"AuthFile": true, "AdminUsers": true, "StatsUsers": true, "Databases": true,
-	"Log": true, "Reload": true, // not settings
+	"Log": true, "Reload": true, "TracerProvider": true, // not settings
 }
 
 // conf is the configuration as last reloaded: read the reloadable fields from it, the others
@@ -60,7 +61,7 @@ func (s *Server) Reload(next Config) ReloadResult {
 	for i := range cv.NumField() {
 		f := cv.Type().Field(i)
 		a, b := cv.Field(i).Interface(), nv.Field(i).Interface()
-		if f.Name == "Log" || f.Name == "Reload" || f.Name == "Databases" || reflect.DeepEqual(a, b) {
+		if f.Name == "Log" || f.Name == "Reload" || f.Name == "TracerProvider" || f.Name == "Databases" || reflect.DeepEqual(a, b) {
 			continue
 		}
 		if !reloadable[f.Name] {
@@ -165,7 +166,9 @@ func (s *Server) resizePools() {
 			continue
 		}
 		size := s.poolSize(db)
-		e.pool.Resize(size+s.cfg.ReservePoolSize, min(c.MinPoolSize, size))
+		if p, ok := e.pool.(*pool.Pool); ok { // a MySQL pool keeps its size until a restart
+			p.Resize(size+s.cfg.ReservePoolSize, min(c.MinPoolSize, size))
+		}
 	}
 	// The admission gates let as many units run as the pools have connections.
 	for _, db := range dbs {

@@ -17,6 +17,7 @@ import (
 
 	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/batcher"
@@ -56,6 +57,7 @@ type Server struct {
 	settings settingsTable // tracked parameters shared between sessions
 
 	metrics *unitMetrics // latency histograms and error counters (stats.go)
+	tracer  trace.Tracer // nil unless Config.TracerProvider is set (trace.go)
 	stats   unitStatsSet // request-unit statistics per (database, user)
 
 	classifier *sqlclass.Classifier // nil unless --pin-on-session-state or --listen-fanout
@@ -123,6 +125,9 @@ func New(cfg Config) (*Server, error) {
 	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.live.Store(&cfg)
 	s.metrics = newUnitMetrics()
+	if cfg.TracerProvider != nil {
+		s.tracer = cfg.TracerProvider.Tracer("github.com/asyncgate/asyncgate/gateway")
+	}
 	s.stats.prevAt = time.Now()
 	s.batchMetrics = batcher.NewMetrics()
 	if cfg.PinOnSessionState || cfg.ListenFanout || s.batchConfigured() {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/batcher"
@@ -130,6 +131,9 @@ type session struct {
 	unitWait  time.Duration
 	recvBytes int64 // client bytes not yet added to st
 	sentBytes int64
+
+	traceParent trace.SpanContext // the unit's caller, from its SQL comment (tracing on)
+	unitErr     string            // SQLSTATE of the unit's last error, for its span (tracing on)
 
 	my *mysqlSession // set on a MySQL database (mysql.go)
 }
@@ -391,6 +395,11 @@ func (s *session) authenticated() {
 		}
 		s.srv.startReads(db, s.user)
 		s.batchOK = s.srv.batchOn(db, s.user)
+	} else if s.srv.tracer != nil {
+		// The trace context is in the SQL: read it whole.
+		s.in.SetMaxInspect(s.srv.cfg.MaxQuerySize)
+		s.in.SetInspect('Q', true)
+		s.in.SetInspect('P', true)
 	}
 	s.acquire()
 }
@@ -718,6 +727,9 @@ func (s *session) clientMessage(f *wire.Frame) {
 	}
 	if f.First && s.unitStart.IsZero() && s.state == stLinked {
 		s.unitStart = s.now()
+		if s.srv.tracer != nil {
+			s.noteTraceparent(f)
+		}
 	}
 	if len(s.queued) == 0 {
 		if e, ok := s.hubCommand(f); ok {

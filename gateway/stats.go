@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Request-unit statistics per (database, user): the latency histograms of /metrics and
@@ -180,6 +181,10 @@ func (s *session) unitEnded() {
 		return
 	}
 	now := s.now()
+	if s.srv.tracer != nil {
+		s.traceUnit(s.unitStart, now, s.unitWait, s.busyStart)
+		s.traceParent, s.unitErr = trace.SpanContext{}, ""
+	}
 	st.total.Observe(now.Sub(s.unitStart).Seconds())
 	st.queueWait.Observe(s.unitWait.Seconds())
 	if !s.busyStart.IsZero() {
@@ -241,6 +246,9 @@ func (s *Server) countError(db *database, source, code string) {
 // system and internal errors) and the gateway's own refusals are logged at info.
 func (s *session) requestFailed(source, code, msg string) {
 	s.srv.countError(s.db, source, code)
+	if s.srv.tracer != nil {
+		s.unitErr = code
+	}
 	level := slog.LevelDebug
 	if source == "gateway" || serverTrouble(code) {
 		level = slog.LevelInfo
@@ -248,8 +256,11 @@ func (s *session) requestFailed(source, code, msg string) {
 	if !s.srv.log.Enabled(context.Background(), level) {
 		return
 	}
-	s.srv.log.Log(context.Background(), level, "request failed", "user", s.user, "database", s.dbName(),
-		"addr", s.io.RemoteAddr(), "source", source, "code", code, "reason", msg)
+	args := []any{"user", s.user, "database", s.dbName(), "addr", s.io.RemoteAddr(), "source", source, "code", code, "reason", msg}
+	if s.traceParent.IsValid() {
+		args = append(args, "trace_id", s.traceParent.TraceID().String())
+	}
+	s.srv.log.Log(context.Background(), level, "request failed", args...)
 }
 
 // serverTrouble reports whether a SQLSTATE's class says the server, not the SQL, failed.

@@ -39,6 +39,7 @@ type options struct {
 	shutdownTimeout time.Duration
 	cpuProfile      string
 	reusePort       bool
+	otlpEndpoint    string
 }
 
 func run(args []string) error {
@@ -222,6 +223,8 @@ func parseConfig(args []string) (gateway.Config, options, error) {
 	var cpuProfile string
 	fs.StringVar(&cpuProfile, "cpu-profile", "", "write a Go CPU profile to `FILE` until shutdown (for performance work)")
 	var reusePort bool
+	var otlpEndpoint string
+	fs.StringVar(&otlpEndpoint, "otlp-endpoint", "", "`URL` of an OpenTelemetry collector's OTLP/HTTP traces endpoint, such as http://localhost:4318/v1/traces: each request unit becomes a span, in the caller's trace when its SQL has an sqlcommenter /*traceparent='…'*/ comment (default off)")
 	fs.Func("reuse-port", "on: listen with SO_REUSEPORT, so that a new asyncgate can bind the same --listen address while this one still runs, and take over without refusing a connection (stop the old one with SIGTERM once the new one listens) (default off)", func(v string) error {
 		on, err := parseOnOff(v)
 		reusePort = on
@@ -248,12 +251,27 @@ func parseConfig(args []string) (gateway.Config, options, error) {
 		return cfg, options{}, err
 	}
 	cfg.Log = slog.New(handler)
-	return cfg, options{shutdownTimeout: shutdownTimeout, cpuProfile: cpuProfile, reusePort: reusePort}, nil
+	return cfg, options{shutdownTimeout: shutdownTimeout, cpuProfile: cpuProfile, reusePort: reusePort, otlpEndpoint: otlpEndpoint}, nil
 }
 
 // serve runs the gateway until a signal or the console's SHUTDOWN stops it.
 func serve(cfg gateway.Config, o options) error {
 	cpuProfile, shutdownTimeout := o.cpuProfile, o.shutdownTimeout
+	if o.otlpEndpoint != "" {
+		tp, err := tracerProvider(o.otlpEndpoint)
+		if err != nil {
+			return err
+		}
+		// Shut down last: the spans of the units that ended while draining are sent too.
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(ctx); err != nil {
+				cfg.Log.Warn("sending the last spans", "err", err)
+			}
+		}()
+		cfg.TracerProvider = tp
+	}
 
 	if limit, err := loop.RaiseFileLimit(); err != nil {
 		cfg.Log.Warn("could not raise the open files limit", "err", err)
