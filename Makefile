@@ -12,7 +12,7 @@ build:
 run: build
 	./bin/asyncgate-dev $(if $(BACKEND),-backend '$(BACKEND)') $(ARGS)
 
-test: vet unit fuzz
+test: vet unit fuzz deploy-check
 
 vet:
 	$(GO) vet ./...
@@ -36,6 +36,14 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# docker-compose.yml validates (`config`) with whichever compose is installed: the v2 plugin
+# (docker compose) or Debian's docker-compose; without either it says so and passes.
+.PHONY: deploy-check
+deploy-check:
+	@if docker compose version >/dev/null 2>&1; then docker compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid (docker compose)"; \
+	elif command -v docker-compose >/dev/null 2>&1; then docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml: valid (docker-compose)"; \
+	else echo "deploy-check: no docker compose or docker-compose installed; docker-compose.yml not validated"; fi
 
 # asyncgate against PgBouncer and direct PostgreSQL on a throwaway cluster (benchmarks/suite);
 # writes benchmarks/results/DATE-HOST[-quick].md with JSON and plots. Not part of test or CI:

@@ -2,6 +2,9 @@ package gateway_test
 
 import (
 	"net/http/httptest"
+	"os"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -103,5 +106,38 @@ func TestStatsFollowWorkload(t *testing.T) {
 	names, rows = show(t, admin, "SHOW STATS_AVERAGES")
 	if r := row(names, rows, "database", testDatabase); r == nil || r["query_time"].(int64) <= 0 {
 		t.Errorf("SHOW STATS_AVERAGES row: %v", r)
+	}
+}
+
+// The Grafana dashboard of docker-compose.yml asks only for metrics the gateway exposes.
+func TestDashboardMetricsExist(t *testing.T) {
+	dash, err := os.ReadFile("../deploy/grafana/dashboards/asyncgate.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, nil)
+	hs := httptest.NewServer(g.srv.MetricsHandler())
+	t.Cleanup(hs.Close)
+	conn := g.connect(t)
+	if _, err := conn.Exec(ctxT(t), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctxT(t), "SELECT nonsense"); err == nil {
+		t.Fatal("a bad query succeeded")
+	}
+	exposed := map[string]bool{}
+	for k := range scrape(t, hs.URL) {
+		name, _, _ := strings.Cut(k, "{")
+		exposed[name] = true
+	}
+	needReplicas := map[string]bool{"asyncgate_replica_reads_total": true}
+	used := regexp.MustCompile(`\b(asyncgate_[a-z_]+|process_[a-z_]+|go_[a-z_]+)`).FindAllString(string(dash), -1)
+	if len(used) < 10 {
+		t.Fatalf("the dashboard uses %d metrics: %v", len(used), used)
+	}
+	for _, name := range used {
+		if !exposed[name] && !needReplicas[name] {
+			t.Errorf("the dashboard uses %s, which /metrics does not expose", name)
+		}
 	}
 }
