@@ -41,7 +41,7 @@ type Server struct {
 
 	clients atomic.Int64 // sessions past their StartupMessage, against --max-client-conn
 	adm     admissionState
-	logins  atomic.Int64 // of those, the ones still logging in (Drain waits for them)
+	logins  atomic.Int64 // connections accepted and not yet logged in or closed (Drain waits for them)
 
 	listener atomic.Pointer[net.Listener] // what Serve accepts from, for the console's SHUTDOWN
 	shutdown atomic.Bool                  // Shutdown has begun: health checks fail

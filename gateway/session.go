@@ -147,7 +147,8 @@ type queuedFrame struct {
 }
 
 func newSession(srv *Server, io loop.Conn) *session {
-	s := &session{srv: srv, io: io, txStatus: 'I'}
+	s := &session{srv: srv, io: io, txStatus: 'I', loggingIn: true}
+	srv.logins.Add(1) // from accept on: a client whose startup packet is on its way counts too
 	cfg := wire.DecoderConfig{MaxMessage: srv.cfg.MaxPacketSize, MaxInspect: auth.MaxMessageLen}
 	cfg.Inspect['p'] = true
 	cfg.Inspect['X'] = true
@@ -313,8 +314,6 @@ func (s *session) login(st *wire.Startup) {
 		return
 	}
 	s.limitDB, s.limitUser, s.limited = st.Params["database"], st.Params["user"], true
-	s.loggingIn = true
-	s.srv.logins.Add(1)
 	if st.Version != wire.ProtocolVersion30 {
 		var unknown []string
 		for k := range st.Params {
