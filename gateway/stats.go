@@ -176,6 +176,9 @@ func (s *Server) databaseAverages() map[string]statsTotalsRow {
 // request unit in progress, if any, is measured.
 func (s *session) unitEnded() {
 	st := s.st
+	if !s.waiting {
+		s.waitStart = time.Time{} // a refused unit's wait ended with it
+	}
 	if st == nil || s.unitStart.IsZero() {
 		s.unitWait = 0
 		return
