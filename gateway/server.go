@@ -300,9 +300,16 @@ func (s *Server) Shutdown() {
 func (s *Server) Drain(ctx context.Context) bool {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
+	// A connection the listener accepted reaches its loop, and becomes a session that counts as
+	// logging in, a moment later: the state must stay drained for a few ticks to cover that.
+	quiet := 0
 	for {
 		if s.lentBackends() == 0 && s.logins.Load() == 0 {
-			return true
+			if quiet++; quiet >= 5 {
+				return true
+			}
+		} else {
+			quiet = 0
 		}
 		select {
 		case <-ctx.Done():
