@@ -6,7 +6,6 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/asyncgate/asyncgate/batcher"
 	"github.com/asyncgate/asyncgate/gateway/sqlclass"
@@ -334,7 +333,7 @@ func (s *session) batchDone() {
 		if !s.xactStart.IsZero() {
 			st.xacts.Add(1)
 			st.xactTime.Add(s.now().Sub(s.xactStart).Microseconds())
-			s.xactStart = time.Time{}
+			s.xactStart = 0
 		}
 	}
 	s.disarm()

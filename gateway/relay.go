@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"time"
 
 	"github.com/asyncgate/asyncgate/pool"
 	"github.com/asyncgate/asyncgate/wire"
@@ -254,7 +253,7 @@ func (s *session) readyForQuery(f *wire.Frame, head *slot) {
 			if status == 'I' && !s.xactStart.IsZero() {
 				st.xacts.Add(1)
 				st.xactTime.Add(s.now().Sub(s.xactStart).Microseconds())
-				s.xactStart = time.Time{}
+				s.xactStart = 0
 			}
 		}
 	}

@@ -473,7 +473,7 @@ func (s *session) chooseReplica() *replica {
 		txStatus:    s.txStatus,
 		pinned:      s.pinned(),
 		readOnly:    s.readOnlyClient(),
-		recentWrite: window > 0 && !s.lastWrite.IsZero() && time.Since(s.lastWrite) < window,
+		recentWrite: window > 0 && !s.lastWrite.IsZero() && s.lastWrite.Since() < window,
 		funcsLoaded: s.db.reads.funcs.Load() == funcsLoaded,
 		stmts:       stmts,
 		complete:    complete,

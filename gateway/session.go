@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/asyncgate/asyncgate/admission"
 	"github.com/asyncgate/asyncgate/batcher"
@@ -41,22 +40,45 @@ type session struct {
 	io  loop.Conn
 	in  *wire.Decoder
 
-	state      state
-	tlsPending bool // answered 'S' to SSLRequest; nothing may follow until the handshake
-	counted    bool // holds a --max-client-conn slot
-	loggingIn  bool // counted in Server.logins
-	timer      func() bool
+	// The one-byte fields are gathered here: every idle client holds a session, and scattered
+	// among the words they cost 8 bytes each.
+	state         state
+	mode          poolMode
+	tlsPending    bool // answered 'S' to SSLRequest; nothing may follow until the handshake
+	counted       bool // holds a --max-client-conn slot
+	loggingIn     bool // counted in Server.logins
+	waiting       bool // a gate's or a pool's Acquire is outstanding
+	rejecting     bool // a refused unit's frames are dropped up to its end
+	limited       bool // limitDB and limitUser were counted
+	paused        bool // client reads are paused (queued frames over their bound)
+	unsynced      bool // extended-protocol messages sent since the last Sync
+	copyIn        bool // the backend waits for COPY data from the client
+	txStatus      byte
+	fwd           bool // the backend message being read goes to the client
+	timedOut      bool // --query-timeout cancelled the current work
+	desiredShared bool // desired is shared with other sessions: copy before changing it
+	heldBack      bool // frames after those routed wait until the replica's unit ends
+	unitWrites    bool // the unit may write: reads stay on the primary for a while after it
+	retrying      bool // the unit being acquired for is a read sent again after its backend failed
+	batchOK       bool // the client's database and user have batching on, and the pool mode allows it
+	hubWait       bool // a LISTEN waits for the hub's listener connection: what follows waits too
+	overflowed    bool // notifications overflowed: disconnect once the backend message being relayed ends
+	cancelling    bool // a CancelRequest is on its way to the backend
+	barrier       bool // a cancel was delivered: prove the backend saw it before release
+	keyed         bool
+	inEvent       bool        // now() may reuse clock
+	pinnedNow     atomic.Bool // whether pt holds state, for the admin console on other goroutines
+
+	timer func() bool
 
 	user     string
 	db       *database
 	startup  map[string]string
 	exchange *auth.Exchange
-	mode     poolMode
 
 	pool     *pool.Pool  // where the backend comes from (or came from): primary, or replica's
 	primary  *pool.Pool  // the database primary's pool for the client's user
-	waiting  bool        // a gate's or a pool's Acquire is outstanding
-	withdraw func() bool // cancels the pool's
+	withdraw func() bool // cancels the pool's Acquire
 	gateWait func() bool // cancels the gate's
 
 	gateWaiter  admission.Waiter // how the gate answers this session
@@ -66,75 +88,52 @@ type session struct {
 	// The slot of the backend's gate the current unit holds, from before it asks the pool for a
 	// connection until it gives the connection back (admission.go).
 	ticket     *admission.Ticket
-	admittedAt time.Time // for --adaptive-limit's latency
-	rejecting  bool      // a refused unit's frames are dropped up to its end
-	limitDB    string    // the database and user counted against the per-database and
-	limitUser  string    // per-user client limits (limited says whether they were)
-	limited    bool
+	admittedAt instant // for --adaptive-limit's latency
+	limitDB    string  // the database and user counted against the per-database and
+	limitUser  string  // per-user client limits (limited says whether they were)
 	be         *pool.Conn
 	flushBe    atomic.Pointer[pool.Conn] // be, for Flush, which may run outside the serialisation
 
 	queued      []queuedFrame // client frames waiting for a backend
 	queuedBytes int
-	paused      bool
 
-	// What the backend owes, and where the client stands.
-	slots    slotQueue
-	unsynced bool // extended-protocol messages sent since the last Sync
-	copyIn   bool // the backend waits for COPY data from the client
-	txStatus byte
-	fwd      bool // the backend message being read goes to the client
-	timedOut bool // --query-timeout cancelled the current work
+	// What the backend owes.
+	slots slotQueue
 
-	desired       map[string]string // parameters that follow the client to every backend
-	desiredShared bool              // desired is shared with other sessions: copy before changing it
-	stmts         map[string]*stmt  // the client's named prepared statements (not in session mode)
+	desired map[string]string // parameters that follow the client to every backend
+	stmts   map[string]*stmt  // the client's named prepared statements (not in session mode)
 
-	pt        *pinTrack   // session state that pins the client to its backend; nil until it may have some
-	pinnedNow atomic.Bool // whether pt holds state, for the admin console on other goroutines
+	pt *pinTrack // session state that pins the client to its backend; nil until it may have some
 
 	// Read routing (--read-routing): the replica serving the current unit, nil on the primary.
-	replica    *replica
-	routed     int       // queued frames the choice of replica was made for, not yet relayed
-	heldBack   bool      // frames after those wait until the replica's unit ends
-	unitWrites bool      // the unit may write: reads stay on the primary for a while after it
-	lastWrite  time.Time // when the client's last such unit on the primary ended
+	replica   *replica
+	routed    int     // queued frames the choice of replica was made for, not yet relayed
+	lastWrite instant // when the client's last unit that may write ended on the primary
 
-	hedge    *hedgeRace // the routed read in flight while it may still be hedged (--hedge)
-	retrying bool       // the unit being acquired for is a read sent again after its backend failed
+	hedge *hedgeRace // the routed read in flight while it may still be hedged (--hedge)
 
 	// Batching (--batch): the unit in a batcher's pipeline, nil when none.
-	batchOK  bool // the client's database and user have batching on, and the pool mode allows it
 	bunit    *batcher.Unit
 	bat      *batcher.Batcher                // bunit's batcher
 	flushBat atomic.Pointer[batcher.Batcher] // the last batcher used, for Flush
 
-	sub        *subscriber // LISTEN fan-out subscriptions; nil until the client's first LISTEN through the hub
-	hubWait    bool        // a LISTEN waits for the hub's listener connection: what follows waits too
-	overflowed bool        // notifications overflowed: disconnect once the backend message being relayed ends
+	sub *subscriber // LISTEN fan-out subscriptions; nil until the client's first LISTEN through the hub
 
-	cancelling bool          // a CancelRequest is on its way to the backend
-	cancelDone chan struct{} // closed when it has been delivered
-	barrier    bool          // a cancel was delivered: prove the backend saw it before release
-
-	key   cancelKey
-	keyed bool
+	cancelDone chan struct{} // closed when a CancelRequest has been delivered
+	key        cancelKey
 
 	// Request-unit measurements (stats.go); st is nil until the client is routed to a database.
 	st        *unitStats
-	unitStart time.Time // first client message of the unit in progress
-	busyStart time.Time // the backend started owing responses
-	xactStart time.Time // the backend's transaction (or autocommit statement) started
-	waitStart time.Time // a backend was asked for
-	clock     time.Time // now(), while inEvent
-	inEvent   bool
+	unitStart instant // first client message of the unit in progress
+	busyStart instant // the backend started owing responses
+	xactStart instant // the backend's transaction (or autocommit statement) started
+	waitStart instant // a backend was asked for
+	clock     instant // now(), while inEvent
 	unitWait  time.Duration
 	recvBytes int64 // client bytes not yet added to st
 	sentBytes int64
 
-	traceParent trace.SpanContext // the unit's caller, from its SQL comment (tracing on)
-	unitErr     string            // SQLSTATE of the unit's last error, for its span (tracing on)
-
+	tr *unitTrace    // the unit's trace context (tracing on; trace.go)
 	my *mysqlSession // set on a MySQL database (mysql.go)
 }
 
@@ -503,7 +502,7 @@ func (s *session) admitted(backend int, t *admission.Ticket, err error) {
 	}
 	s.ticket = t
 	if s.srv.cfg.AdaptiveLimit {
-		s.admittedAt = time.Now()
+		s.admittedAt = clockNow()
 	}
 	s.acquireFrom(s.pool)
 }
@@ -517,7 +516,7 @@ func (s *session) releaseTicket() {
 	s.ticket = nil
 	var o admission.Outcome
 	if s.srv.cfg.AdaptiveLimit && s.mode != sessionMode {
-		o = admission.Outcome{Latency: time.Since(s.admittedAt), Dropped: s.timedOut}
+		o = admission.Outcome{Latency: s.admittedAt.Since(), Dropped: s.timedOut}
 	}
 	t.Release(o)
 }
@@ -530,7 +529,7 @@ func (s *session) refused(err error) {
 		s.fatal(code, msg)
 		return
 	}
-	s.waitStart = time.Time{} // the wait of a unit that does not run is not a backend wait
+	s.waitStart = 0 // the wait of a unit that does not run is not a backend wait
 	s.requestFailed("gateway", code, msg)
 	s.io.Write(wire.AppendError(nil, "ERROR", code, msg))
 	s.rejecting = true
@@ -597,7 +596,7 @@ func (s *session) backendReady(c *pool.Conn, err error) {
 	s.waiting, s.withdraw = false, nil
 	if c != nil && !s.waitStart.IsZero() && s.st != nil {
 		w := s.now().Sub(s.waitStart)
-		s.waitStart = time.Time{}
+		s.waitStart = 0
 		s.unitWait += w
 		s.st.assignments.Add(1)
 		s.st.waitTime.Add(w.Microseconds())
@@ -822,7 +821,7 @@ func (s *session) release() {
 	s.pool.Return(be)
 	s.releaseTicket()
 	if s.replica == nil && s.unitWrites {
-		s.lastWrite = time.Now()
+		s.lastWrite = clockNow()
 	}
 	s.unitWrites = false
 	s.leaveReplica()

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
 )
 
 // Request-unit statistics per (database, user): the latency histograms of /metrics and
@@ -177,7 +176,7 @@ func (s *Server) databaseAverages() map[string]statsTotalsRow {
 func (s *session) unitEnded() {
 	st := s.st
 	if !s.waiting {
-		s.waitStart = time.Time{} // a refused unit's wait ended with it
+		s.waitStart = 0 // a refused unit's wait ended with it
 	}
 	if st == nil || s.unitStart.IsZero() {
 		s.unitWait = 0
@@ -186,7 +185,7 @@ func (s *session) unitEnded() {
 	now := s.now()
 	if s.srv.tracer != nil {
 		s.traceUnit(s.unitStart, now, s.unitWait, s.busyStart)
-		s.traceParent, s.unitErr = trace.SpanContext{}, ""
+		*s.traceState() = unitTrace{}
 	}
 	st.total.Observe(now.Sub(s.unitStart).Seconds())
 	st.queueWait.Observe(s.unitWait.Seconds())
@@ -195,7 +194,7 @@ func (s *session) unitEnded() {
 		st.backend.Observe(d.Seconds())
 		st.queryTime.Add(d.Microseconds())
 	}
-	s.unitStart, s.busyStart, s.unitWait = time.Time{}, time.Time{}, 0
+	s.unitStart, s.busyStart, s.unitWait = 0, 0, 0
 	s.flushBytes()
 }
 
@@ -203,17 +202,17 @@ func (s *session) unitEnded() {
 // stamp taken while it handles one batch of client or backend bytes (a reading costs about as
 // much as the rest of the accounting). The busy entry points (OnData, backendData, a backend
 // handed over) mark the event; elsewhere now reads the clock each time.
-func (s *session) now() time.Time {
+func (s *session) now() instant {
 	if !s.inEvent {
-		return time.Now()
+		return clockNow()
 	}
 	if s.clock.IsZero() {
-		s.clock = time.Now()
+		s.clock = clockNow()
 	}
 	return s.clock
 }
 
-func (s *session) endEvent() { s.inEvent, s.clock = false, time.Time{} }
+func (s *session) endEvent() { s.inEvent, s.clock = false, 0 }
 
 // flushBytes adds the bytes counted in the session to its database's totals.
 func (s *session) flushBytes() {
@@ -250,7 +249,7 @@ func (s *Server) countError(db *database, source, code string) {
 func (s *session) requestFailed(source, code, msg string) {
 	s.srv.countError(s.db, source, code)
 	if s.srv.tracer != nil {
-		s.unitErr = code
+		s.traceState().err = code
 	}
 	level := slog.LevelDebug
 	if source == "gateway" || serverTrouble(code) {
@@ -260,8 +259,8 @@ func (s *session) requestFailed(source, code, msg string) {
 		return
 	}
 	args := []any{"user", s.user, "database", s.dbName(), "addr", s.io.RemoteAddr(), "source", source, "code", code, "reason", msg}
-	if s.traceParent.IsValid() {
-		args = append(args, "trace_id", s.traceParent.TraceID().String())
+	if s.tr != nil && s.tr.parent.IsValid() {
+		args = append(args, "trace_id", s.tr.parent.TraceID().String())
 	}
 	s.srv.log.Log(context.Background(), level, "request failed", args...)
 }

@@ -25,7 +25,8 @@ var traceKey = []byte("traceparent=")
 
 // noteTraceparent reads the trace context of the unit that frame f starts, if it has one.
 func (s *session) noteTraceparent(f *wire.Frame) {
-	s.traceParent = trace.SpanContext{}
+	tr := s.traceState()
+	tr.parent = trace.SpanContext{}
 	if !f.Whole || (f.Type != 'Q' && f.Type != 'P') {
 		return
 	}
@@ -46,15 +47,30 @@ func (s *session) noteTraceparent(f *wire.Frame) {
 		return
 	}
 	ctx := propagation.TraceContext{}.Extract(context.Background(), propagation.MapCarrier{"traceparent": tp})
-	s.traceParent = trace.SpanContextFromContext(ctx)
+	tr.parent = trace.SpanContextFromContext(ctx)
+}
+
+// unitTrace is what tracing keeps of the unit in flight. Sessions have one only while tracing is
+// on: a span context is 64 bytes, and every idle client holds a session.
+type unitTrace struct {
+	parent trace.SpanContext // the unit's caller, from its SQL comment
+	err    string            // SQLSTATE of the unit's last error
+}
+
+func (s *session) traceState() *unitTrace {
+	if s.tr == nil {
+		s.tr = new(unitTrace)
+	}
+	return s.tr
 }
 
 // traceUnit records the unit that just ended: start and end bound it, wait is its queue wait
 // (taken at its start) and busy when the backend started owing it responses.
-func (s *session) traceUnit(start, end time.Time, wait time.Duration, busy time.Time) {
+func (s *session) traceUnit(from, to instant, wait time.Duration, busy instant) {
+	start, end, st := from.Time(), to.Time(), s.traceState()
 	ctx := context.Background()
-	if s.traceParent.IsValid() {
-		ctx = trace.ContextWithRemoteSpanContext(ctx, s.traceParent)
+	if st.parent.IsValid() {
+		ctx = trace.ContextWithRemoteSpanContext(ctx, st.parent)
 	}
 	tr := s.srv.tracer
 	ctx, span := tr.Start(ctx, "asyncgate "+s.db.name, trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindServer),
@@ -67,12 +83,12 @@ func (s *session) traceUnit(start, end time.Time, wait time.Duration, busy time.
 	_, w := tr.Start(ctx, "queue wait", trace.WithTimestamp(start))
 	w.End(trace.WithTimestamp(start.Add(wait)))
 	if !busy.IsZero() {
-		_, b := tr.Start(ctx, "backend", trace.WithTimestamp(busy), trace.WithSpanKind(trace.SpanKindClient))
+		_, b := tr.Start(ctx, "backend", trace.WithTimestamp(busy.Time()), trace.WithSpanKind(trace.SpanKindClient))
 		b.End(trace.WithTimestamp(end))
 	}
-	if s.unitErr != "" {
-		span.SetAttributes(attribute.String("db.response.status_code", s.unitErr))
-		span.SetStatus(codes.Error, "SQLSTATE "+s.unitErr)
+	if st.err != "" {
+		span.SetAttributes(attribute.String("db.response.status_code", st.err))
+		span.SetStatus(codes.Error, "SQLSTATE "+st.err)
 	}
 	span.End(trace.WithTimestamp(end))
 }

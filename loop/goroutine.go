@@ -67,7 +67,11 @@ func (d *Goroutines) serveConn(nc net.Conn, accept func(Conn) Handler) bool {
 		nc.Close()
 		return false
 	}
+	// Under mu, as the callbacks run: the handler may hand c to other goroutines, whose Exec must
+	// find c.h set.
+	c.mu.Lock()
 	c.h = accept(c)
+	c.mu.Unlock()
 	go c.run()
 	return true
 }
