@@ -349,14 +349,15 @@ func TestCancelRequestReachesTheBackend(t *testing.T) {
 	if err := bystander.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
 		t.Fatal(err)
 	}
-	// A forged key is ignored: the query it names by guess runs to its end.
+	// A forged key is ignored: the query it names by guess runs to its end. The sleep is long
+	// enough for the monitor to see it running on a loaded machine; there is one chance.
 	go func() {
-		_, err := conn.Exec(ctx, "SELECT pg_sleep(0.3)")
+		_, err := conn.Exec(ctx, "SELECT pg_sleep(2)")
 		errc <- err
 	}()
 	eventually(t, "short sleep running", func() bool {
 		var n int
-		mon.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(0.3)' AND state = 'active'").Scan(&n)
+		mon.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(2)' AND state = 'active'").Scan(&n)
 		return n == 1
 	})
 	forged, err := net.Dial("tcp", g.addr)
