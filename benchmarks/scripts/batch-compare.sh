@@ -9,15 +9,17 @@
 # the machine. Then the ceiling: pgbench in pipeline mode straight against PostgreSQL with as
 # many connections as the pool.
 #   benchmarks/scripts/batch-compare.sh [-T seconds] [-c clients] [-P "4 20"] [-M "simple prepared"]
-#       [-R repeats] [-s scale] [-D depth] [-p baseport]
+#       [-R repeats] [-s scale] [-D depth] [-L max-delay] [-p baseport]
+# -L sets the batching gateway's --batch-max-delay (default 0): run the script once with 0 and
+# once with a small delay to see what waiting for company trades.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-duration=15 clients=400 poollist="4 20" protolist="simple prepared" repeats=2 scale=10 depth=16 base=16600
-while getopts "T:c:P:M:R:s:D:p:" o; do
+duration=15 clients=400 poollist="4 20" protolist="simple prepared" repeats=2 scale=10 depth=16 delay=0 base=16600
+while getopts "T:c:P:M:R:s:D:L:p:" o; do
 	case $o in
 	T) duration=$OPTARG ;; c) clients=$OPTARG ;; P) poollist=$OPTARG ;; M) protolist=$OPTARG ;;
-	R) repeats=$OPTARG ;; s) scale=$OPTARG ;; D) depth=$OPTARG ;; p) base=$OPTARG ;;
+	R) repeats=$OPTARG ;; s) scale=$OPTARG ;; D) depth=$OPTARG ;; L) delay=$OPTARG ;; p) base=$OPTARG ;;
 	*) exit 2 ;;
 	esac
 done
@@ -66,7 +68,7 @@ start() {
 	"$work/asyncgate" --listen 127.0.0.1:$offport "${common[@]}" &
 	offpid=$!
 	pids+=($offpid)
-	"$work/asyncgate" --listen 127.0.0.1:$onport "${common[@]}" --batch on --batch-max-depth "$depth" &
+	"$work/asyncgate" --listen 127.0.0.1:$onport "${common[@]}" --batch on --batch-max-depth "$depth" --batch-max-delay "$delay" &
 	onpid=$!
 	pids+=($onpid)
 	cat >"$work/pgbouncer.ini" <<INI
@@ -173,7 +175,7 @@ f1() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.1f' "$1"; }
 f2() { [ "$1" = fail ] || [ "$1" = - ] && echo "$1" || printf '%.2f' "$1"; }
 ratio() { { [ "$1" = fail ] || [ "$2" = fail ] || [ "$1" = - ] || [ "$2" = - ]; } && echo "-" || printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 
-echo "## pgbench -S, $clients clients, transaction pool mode, -T $duration, -j 2, batch depth $depth ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "## pgbench -S, $clients clients, transaction pool mode, -T $duration, -j 2, batch depth $depth, max delay $delay ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo
 echo "| run | pool | protocol | target | tps | p99 ms | tps ÷ PgBouncer | p99 ÷ PgBouncer | tps ÷ batching off | gateway CPU µs/txn | gateway write syscalls/txn | backend recv syscalls/txn | backend send syscalls/txn | PostgreSQL CPU µs/txn | pgbench CPU µs/txn |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
