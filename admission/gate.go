@@ -441,8 +441,12 @@ func (g *Gate) pace() {
 // deficit round robin admits the units already queued for tenant, and for every unit of tenant
 // up to weight/tenant's weight units of each other waiting tenant, as far as it has any. It
 // runs under g.mu.
+//
+// A reserve that opens before WaitTimeout makes the pace say nothing: a unit that waits
+// ReserveAfter gets a slot beyond the limit, so no wait is predicted.
 func (g *Gate) predict(tenant string) (time.Duration, bool) {
-	if g.cfg.WaitTimeout <= 0 || g.intervals < minIntervals {
+	reserveFirst := g.cfg.Reserve > 0 && g.cfg.ReserveAfter < g.cfg.WaitTimeout
+	if g.cfg.WaitTimeout <= 0 || reserveFirst || g.intervals < minIntervals {
 		return 0, false
 	}
 	own := 1.0

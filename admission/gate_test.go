@@ -588,6 +588,21 @@ func TestPredictedWaitRefusedAtOnce(t *testing.T) {
 		t.Fatalf("stats %+v, want 1 refused early", s)
 	}
 	withdraw()
+	// With a reserve pool, the same queue waits: the reserve may admit it before the timeout.
+	hr := newHarness(t, Config{Limit: 1, WaitTimeout: 2 * time.Second, Reserve: 1, ReserveAfter: 1500 * time.Millisecond})
+	rcur, _ := hr.acquire("flood")
+	for range 30 {
+		hr.mustWait("flood")
+	}
+	for range 10 {
+		hr.clock.Advance(gap)
+		rcur = hr.serve(rcur).ticket
+	}
+	hr.mustWait("flood")
+	if s := hr.stats(); s.RejectedEarly != 0 {
+		t.Fatalf("with a reserve pool: %+v, want nothing refused early", s)
+	}
+	hr.g.Close()
 	// A release that finds nobody waiting forgets the pace.
 	h2 := newHarness(t, Config{Limit: 1, WaitTimeout: time.Second})
 	tk, _ := h2.acquire("a")

@@ -214,7 +214,10 @@ func (b *Batcher) Submit(u *Unit) {
 		go u.Client.Failed("57P01", fmt.Sprintf("pool %s is shutting down", b.cfg.Pool.Name()), false) // see below
 		return
 	}
-	u.state, u.queuedAt = stQueued, time.Now()
+	u.state = stQueued
+	if b.cfg.MaxDelay > 0 {
+		u.queuedAt = time.Now() // read only to hold units back (MaxDelay)
+	}
 	b.queue = append(b.queue, u)
 	b.settle(&w)
 	b.mu.Unlock()

@@ -515,12 +515,18 @@ func (s *Server) backendAddr(k poolKey) (string, int) {
 	return conn.Host, int(conn.Port)
 }
 
+// poolSize is db's pool size: pool_size from its DSN, else --default-pool-size. A reload may
+// change either.
 func (s *Server) poolSize(db *database) int {
-	s.mu.Lock() // a reload may change it
-	size := db.poolSize
-	s.mu.Unlock()
-	if size > 0 {
-		return size
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.poolSizeLocked(db)
+}
+
+// poolSizeLocked is poolSize for callers that hold s.mu, or own a db no one else sees yet.
+func (s *Server) poolSizeLocked(db *database) int {
+	if db.poolSize > 0 {
+		return db.poolSize
 	}
 	return s.conf().PoolSize
 }

@@ -92,12 +92,9 @@ func (s *Server) initAdmission() error {
 	return nil
 }
 
-// newGates opens one gate per backend of db.
+// newGates opens one gate per backend of db, before db is published.
 func (s *Server) newGates(db *database) {
-	size := s.conf().PoolSize
-	if db.poolSize > 0 {
-		size = db.poolSize
-	}
+	size := s.poolSizeLocked(db)
 	db.gates = make([]*admission.Gate, 1+len(db.replicas))
 	for i := range db.gates {
 		name := db.name

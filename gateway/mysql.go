@@ -100,10 +100,7 @@ func (s *Server) mysqlPool(db *database, user string) (*mysqlpool.Pool, error) {
 			dsn.Passwd = pw
 		}
 	}
-	size := s.cfg.PoolSize
-	if db.poolSize > 0 {
-		size = db.poolSize
-	}
+	size := s.poolSize(db) // s.mu: a reload may change it
 	p, err := mysqlpool.New(mysqlpool.Config{
 		Name:           db.name + "/" + user,
 		DSN:            dsn,
@@ -192,7 +189,7 @@ func (s *session) mysqlLogin(db *database) {
 	s.io.Write(wire.AppendBackendKeyData(nil, s.key.pid, s.key.secretBytes()))
 	s.io.Write(wire.AppendReadyForQuery(nil, 'I'))
 	s.srv.log.Info("login", "user", s.user, "database", db.name, "addr", s.io.RemoteAddr(), "pool_mode", "transaction", "backend", "mysql")
-	s.mysqlIdle()
+	s.armIdle()
 }
 
 // mysqlMessage queues a client frame and starts the unit it completes.
@@ -247,7 +244,7 @@ func (s *session) mysqlNext() {
 	}
 	m.units--
 	m.running, m.timedOut, m.start = true, false, time.Now()
-	if d := s.srv.cfg.QueryTimeout; d > 0 {
+	if d := s.srv.conf().QueryTimeout; d > 0 {
 		s.arm(d, func() {
 			if m.running {
 				m.timedOut = true
@@ -306,20 +303,7 @@ func (s *session) mysqlUnitDone(rep *mysqlpool.Report) {
 		s.mysqlNext()
 		return
 	}
-	s.mysqlIdle()
-}
-
-// mysqlIdle arms the deadline for a client that has nothing running.
-func (s *session) mysqlIdle() {
-	if s.txStatus == 'I' {
-		s.arm(s.srv.cfg.ClientIdleTimeout, func() {
-			s.fatal("57P05", fmt.Sprintf("terminating connection due to idle timeout (--client-idle-timeout %s)", s.srv.cfg.ClientIdleTimeout))
-		})
-		return
-	}
-	s.arm(s.srv.cfg.IdleTxTimeout, func() {
-		s.fatal("25P03", fmt.Sprintf("terminating connection due to idle-in-transaction timeout (--idle-transaction-timeout %s)", s.srv.cfg.IdleTxTimeout))
-	})
+	s.armIdle()
 }
 
 // mysqlCancel forwards a client's CancelRequest: KILL QUERY for the statement its unit runs.

@@ -363,10 +363,7 @@ func (s *Server) backendPool(db *database, user string, backend int) *pool.Pool 
 		name = fmt.Sprintf("%s/replica%d", name, backend)
 		conn = s.loginConfig(r.conn, r.ownUser, user)
 	}
-	size := s.conf().PoolSize
-	if db.poolSize > 0 {
-		size = db.poolSize
-	}
+	size := s.poolSizeLocked(db)
 	p := pool.New(pool.Config{
 		Name:        name,
 		Connect:     conn,

@@ -774,6 +774,21 @@ func (s *session) queue(f *wire.Frame) {
 	}
 }
 
+// armIdle arms the deadline of a client with nothing running: idle, or idle in a transaction.
+func (s *session) armIdle() {
+	if s.txStatus == 'I' {
+		d := s.srv.conf().ClientIdleTimeout
+		s.arm(d, func() {
+			s.fatal("57P05", fmt.Sprintf("terminating connection due to idle timeout (--client-idle-timeout %s)", d))
+		})
+		return
+	}
+	d := s.srv.conf().IdleTxTimeout
+	s.arm(d, func() {
+		s.fatal("25P03", fmt.Sprintf("terminating connection due to idle-in-transaction timeout (--idle-transaction-timeout %s)", d))
+	})
+}
+
 // afterUnit runs whenever the backend may have finished all it owed: it hands the client the
 // notifications that waited for the end of its transaction, gives the backend back when the pool
 // mode says so, and arms the deadline that fits what the client does now.
@@ -787,15 +802,7 @@ func (s *session) afterUnit() {
 		s.nextUnit()
 		return
 	}
-	if s.txStatus == 'I' {
-		s.arm(s.srv.conf().ClientIdleTimeout, func() {
-			s.fatal("57P05", fmt.Sprintf("terminating connection due to idle timeout (--client-idle-timeout %s)", s.srv.conf().ClientIdleTimeout))
-		})
-	} else {
-		s.arm(s.srv.conf().IdleTxTimeout, func() {
-			s.fatal("25P03", fmt.Sprintf("terminating connection due to idle-in-transaction timeout (--idle-transaction-timeout %s)", s.srv.conf().IdleTxTimeout))
-		})
-	}
+	s.armIdle()
 	if s.mode == sessionMode || s.be == nil || s.txStatus != 'I' || s.cancelling {
 		return
 	}

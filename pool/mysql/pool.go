@@ -143,7 +143,7 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, &wire.Error{Code: "08006", Message: fmt.Sprintf("pool %s is closed", p.cfg.Name)}
+		return nil, p.closedError()
 	}
 	if len(p.waiters) == 0 && len(p.idle) > 0 {
 		c := p.idle[len(p.idle)-1]
@@ -198,21 +198,35 @@ func (p *Pool) acquire(ctx context.Context) (*Conn, error) {
 			return nil, werr
 		}
 	}
+	closed := p.closed
 	p.mu.Unlock()
-	// Handed something just as the wait ended: pass it on rather than lose it.
-	c, err := p.handed(ctx, <-w.ch)
-	if err == nil {
+	// Handed something just as the wait ended: give it back rather than lose it. A slot is
+	// freed, not filled with a connection nobody waits for; Close's hand-outs hold no slot.
+	if c := <-w.ch; c != nil {
 		p.Return(c)
+	} else if !closed {
+		p.slotFreed()
 	}
 	return nil, werr
 }
 
-// handed takes what a waiter was given: a connection, or (nil) a slot to open one in.
+// handed takes what a waiter was given: a connection, or (nil) a slot to open one in, or (nil
+// from Close) word that the pool closed.
 func (p *Pool) handed(ctx context.Context, c *Conn) (*Conn, error) {
 	if c != nil {
 		return p.fresh(c), nil
 	}
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return nil, p.closedError()
+	}
 	return p.connect(ctx)
+}
+
+func (p *Pool) closedError() error {
+	return &wire.Error{Code: "08006", Message: fmt.Sprintf("pool %s is closed", p.cfg.Name)}
 }
 
 // fresh checks a connection taken from idle: too old, idle too long or dead, it is replaced.
@@ -367,7 +381,7 @@ func (p *Pool) Close() {
 	p.waiters = nil
 	p.mu.Unlock()
 	for _, w := range waiters {
-		w.ch <- nil // they find the pool closed when they connect: the connect fails below
+		w.ch <- nil // handed finds the pool closed and answers 08006
 	}
 	for _, c := range idle {
 		p.closeConn(c, false)
